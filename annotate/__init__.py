@@ -1,0 +1,1 @@
+"""Annotation: suggestion heuristics (no Qt) and the PyQt5 tools."""

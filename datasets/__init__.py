@@ -1,0 +1,1 @@
+"""Catalog, curation, pose schemas, the render job and HDF5 shards."""
