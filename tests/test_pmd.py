@@ -8,7 +8,6 @@ with ``struct``.
 from __future__ import annotations
 
 import math
-import os
 import random
 import struct
 from pathlib import Path
@@ -19,26 +18,14 @@ import pytest
 from mmdsynth.mmd import BoneFlag, DeformType, MaterialFlag, MMDFormatError, MorphKind, SphereMode
 from mmdsynth.mmd.pmd import read_pmd
 
-ROOT = Path(__file__).resolve().parent.parent
 
 
 # --------------------------------------------------------------------------- data
 
 
-def _testdata() -> Path | None:
-    env = os.environ.get("MMDSYNTH_TESTDATA")
-    if env:
-        return Path(env)
-    path = ROOT.parent / "shared" / "testdata"
-    return path if path.is_dir() else None
-
-
 @pytest.fixture(scope="module")
-def gene_dir() -> Path:
-    path = _testdata()
-    if path is None:
-        pytest.skip("shared test data not found: set MMDSYNTH_TESTDATA or put it at ../shared/testdata")
-    return path / "models" / "gene"
+def gene_dir(testdata) -> Path:
+    return testdata / "models" / "gene"
 
 
 @pytest.fixture(scope="module")

@@ -20,19 +20,6 @@ from mmdsynth.mmd.textures import (
     texture_report,
 )
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-
-
-def _testdata() -> Path:
-    env = os.environ.get("MMDSYNTH_TESTDATA")
-    if env:
-        return Path(env)  # set explicitly: a missing folder is a failure, not a skip
-    path = PROJECT_ROOT.parent / "shared" / "testdata"
-    if not path.is_dir():
-        pytest.skip(f"shared test data not found at {path} (set MMDSYNTH_TESTDATA)")
-    return path
-
-
 def _touch(path: Path, data: bytes = b"x") -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
@@ -574,8 +561,8 @@ def test_texture_report(tmp_path):
 # --------------------------------------------------------------------------
 
 
-def test_gene_textures_resolve_and_decode():
-    pmx = _testdata() / "models" / "gene" / "Gene_light.pmx"
+def test_gene_textures_resolve_and_decode(gene_pmx):
+    pmx = gene_pmx
     assert pmx.is_file(), pmx
     reader = pytest.importorskip("pymeshio.pmx.reader", reason="pymeshio reads the reference names")
     names = list(reader.read_from_file(str(pmx)).textures)
