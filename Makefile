@@ -4,7 +4,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip
-DEMO_OUT ?= demo-out
+# examples/tha1-demo.toml reads and writes here.
+DEMO_OUT := demo-out
 
 .PHONY: demo test venv clean
 
@@ -22,9 +23,18 @@ $(VENV)/.dev: pyproject.toml | $(BIN)/python
 
 venv: $(VENV)/.dev
 
+# The main job on the bundled example character (plus any models in MODELS=folder):
+# write the character, add it to a library, render train/val shards, draw a contact sheet.
 demo: $(VENV)/.core
 	$(BIN)/mmdsynth example $(DEMO_OUT)/example
-	$(BIN)/mmdsynth info $(DEMO_OUT)/example/example.pmx
+	$(BIN)/mmdsynth add $(DEMO_OUT)/library $(DEMO_OUT)/example $(MODELS)
+	$(BIN)/mmdsynth render examples/tha1-demo.toml
+	$(BIN)/mmdsynth view $(DEMO_OUT)/tha1-demo --split train --n 12 --out $(DEMO_OUT)/tha1-demo/train-sheet.png
+	@echo
+	@echo "model:         $(DEMO_OUT)/example/example.pmx"
+	@echo "library:       $(DEMO_OUT)/library (catalog.sqlite; mmdsynth catalog $(DEMO_OUT)/library)"
+	@echo "dataset:       $(DEMO_OUT)/tha1-demo/{train,val}/shard-*.h5 (index.json beside them)"
+	@echo "contact sheet: $(DEMO_OUT)/tha1-demo/train-sheet.png"
 
 test: $(VENV)/.dev
 	$(BIN)/python -m pytest -q

@@ -1,0 +1,432 @@
+"""The render job: a spec and a library in, HDF5 shards of (rest, morphed, posed) triples out.
+
+Flow (``mmdsynth render SPEC.toml``):
+
+1. The library's catalog gives one :class:`~.plan.PlanModel` per usable model
+   (status ``ok``; head bounds and morph slots from its annotations).
+2. :func:`~.plan.plan_all` plans every split; models that failed in an
+   earlier attempt (``index.json`` ``failed``) are replaced locally.
+3. This node's shards (:func:`~.plan.shards_for_node`) that are not complete
+   already (listed in ``index.json`` with the same plan fingerprint and a
+   matching sha256) are cut into *units*: one model's examples in one shard.
+4. Worker processes (each with its own GL context, started with ``spawn`` so
+   no GL state is shared through ``fork``) render units: the model's rest
+   image, then for each example the morphed image (expression only) and the
+   posed image (expression and rotations).
+5. The main process writes each shard through a :class:`~.shards.ShardWriter`
+   (temporary file renamed into place when complete) and records it in
+   ``index.json``. A model that fails to load or render is recorded in
+   ``index.json``; the shards it was in are re-planned without it and redone,
+   and the run goes on.
+
+Killing the job at any moment leaves complete shards (listed in
+``index.json``) and temporary files; a rerun removes this node's stale
+temporary files and renders exactly the missing shards, which come out
+identical to an uninterrupted run's (every draw depends only on the spec's
+seed, the split and the example number).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing as mp
+import os
+import sys
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from .catalog import Catalog
+from .plan import HeadBounds, PlanModel, ShardPlan, SplitPlan, expression_only, plan_all, shards_for_node
+from .shards import ShardMeta, ShardWriter, load_index, shard_is_complete, update_index
+from .spec import RenderSpec
+
+# Renderers a worker keeps (models appear in many shards; each costs GPU memory).
+RENDERER_CACHE_SIZE = 2
+# Examples per unit of work: small enough to spread one model's examples in a
+# shard over all workers, large enough that the extra rest image is noise.
+UNIT_EXAMPLES = 24
+
+
+def catalog_records(catalog: Catalog) -> list[PlanModel]:
+    """Planning records of the catalog's usable models (status ``ok``).
+
+    ``head_source`` is the head bounds' origin; ``morphs_source`` is
+    ``human`` only when every expression slot was annotated by a person.
+    Models without annotations get ``None`` (the planner skips them with a reason).
+    """
+    from mmdsynth.mmd.schema import EXPRESSION_SLOTS
+
+    records = []
+    for rec in catalog.models(status="ok"):
+        ann = catalog.annotations(rec.id)
+        head = catalog.head_bounds(rec.id)
+        has_slots = any(slot in ann for slot in EXPRESSION_SLOTS)
+        morphs_source = "human" if has_slots and all(slot in ann and ann[slot].origin == "human" for slot in EXPRESSION_SLOTS) else "auto"
+        records.append(PlanModel(
+            model_id=rec.id, name=rec.name, path=rec.path,
+            assignment=catalog.assignment(rec.id) if has_slots else None,
+            head=HeadBounds(head[0], head[1]) if head else None,
+            head_source=head[2] if head else "auto", morphs_source=morphs_source,
+            group=rec.group, split=rec.split,
+        ))
+    return records
+
+
+# ----------------------------------------------------------------------------- worker side
+
+
+@dataclass(frozen=True)
+class Unit:
+    """Up to :data:`UNIT_EXAMPLES` of one model's examples in one shard: what a
+    worker renders in one go. Chunk 0 of a model also renders its rest image.
+
+    ``examples``: (position, pose (P,) float32, ambient, directional) per example;
+    ``rest_light``: (ambient, directional) of the rest image.
+    """
+
+    split: str
+    shard: int
+    row: int  # the model's row in the shard (rest/models datasets)
+    chunk: int
+    model: PlanModel
+    library: str
+    preset: str
+    schema: str
+    max_angle: float
+    rest_light: tuple[float, float]
+    examples: tuple[tuple[int, np.ndarray, float, float], ...]
+
+
+@dataclass
+class UnitResult:
+    """A rendered unit: the rest image, (position, morphed, posed) per example,
+    or ``error`` (one line) when the model could not be loaded or rendered."""
+
+    split: str
+    shard: int
+    row: int
+    chunk: int
+    model_id: str
+    rest: np.ndarray | None = None
+    images: list[tuple[int, np.ndarray, np.ndarray]] = field(default_factory=list)
+    error: str | None = None
+    renderer: str = ""
+    peak_rss_kib: int = 0  # the worker's peak resident memory so far
+
+
+_RENDERERS: OrderedDict = OrderedDict()
+
+
+def _renderer_for(unit: Unit):
+    """The worker's cached (model, renderer, framing) for ``unit``'s model."""
+    from mmdsynth.mmd.loader import load_model
+    from mmdsynth.render import Framing, ModelRenderer
+
+    key = (unit.library, unit.model.path, unit.preset)
+    if key in _RENDERERS:
+        _RENDERERS.move_to_end(key)
+        return _RENDERERS[key]
+    model = load_model(Path(unit.library) / unit.model.path)
+    head = unit.model.head
+    center_x = head.center_x
+    if center_x is None:
+        center_x = next((float(b.position[0]) for b in model.bones if b.name == "頭"), 0.0)
+    framing = Framing.from_head(unit.preset, head.top, head.bottom, center_x)
+    renderer = ModelRenderer(model, preset=unit.preset)
+    _RENDERERS[key] = (model, renderer, framing)
+    while len(_RENDERERS) > RENDERER_CACHE_SIZE:
+        _, (_, old, _) = _RENDERERS.popitem(last=False)
+        old.release()
+    return _RENDERERS[key]
+
+
+def render_unit(unit: Unit) -> UnitResult:
+    """Render one unit (runs in a worker process, or in-process with 0 workers).
+    Errors from the model or the renderer become ``UnitResult.error``."""
+    from mmdsynth.mmd.schema import get_schema
+    from mmdsynth.render import Lighting, renderer_string
+
+    result = UnitResult(unit.split, unit.shard, unit.row, unit.chunk, unit.model.model_id)
+    try:
+        _, renderer, framing = _renderer_for(unit)
+        schema = get_schema(unit.schema)
+        assignment = unit.model.assignment
+        result.renderer = renderer_label(renderer, renderer_string())
+        if unit.chunk == 0:
+            result.rest = renderer.render_pose(None, framing, Lighting(*unit.rest_light))
+        for position, pose, ambient, directional in unit.examples:
+            light = Lighting(ambient=ambient, directional=directional)
+            expression = schema.to_pose(expression_only(schema, pose), assignment, unit.max_angle)
+            full = schema.to_pose(pose, assignment, unit.max_angle)
+            result.images.append((position, renderer.render_pose(expression, framing, light),
+                                  renderer.render_pose(full, framing, light)))
+    except Exception as exc:  # any failure of one model must not stop the job
+        result.error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        result.rest, result.images = None, []
+    result.peak_rss_kib = _peak_rss_kib()
+    return result
+
+
+def _peak_rss_kib() -> int:
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not POSIX
+        return 0
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+
+
+def renderer_label(renderer, gl_renderer: str) -> str:
+    """GL_RENDERER plus the anti-aliasing and texture filtering used (images differ by device)."""
+    return (f"{gl_renderer} (supersample {renderer.supersample}x{renderer.supersample}, "
+            f"msaa {renderer.samples}, textures {renderer.texture_filter})")
+
+
+# ----------------------------------------------------------------------------- main side
+
+
+@dataclass
+class JobReport:
+    """What a run did: shards written and kept, examples rendered, models
+    skipped or failed (with reasons), images per second, warnings."""
+
+    shards_written: list[Path] = field(default_factory=list)
+    shards_kept: list[Path] = field(default_factory=list)
+    examples: int = 0
+    images: int = 0
+    seconds: float = 0.0
+    skipped: dict[str, list[dict]] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    peak_rss_kib: int = 0  # the largest peak resident memory of a render worker
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else 0.0
+
+
+def _units(spec: RenderSpec, shard: ShardPlan) -> list[Unit]:
+    units = []
+    for row, m in enumerate(shard.models):
+        exs = shard.examples_of(m.model_id)
+        for chunk, start in enumerate(range(0, len(exs), UNIT_EXAMPLES)):
+            units.append(Unit(
+                split=shard.split, shard=shard.index, row=row, chunk=chunk, model=m, library=str(spec.library),
+                preset=spec.preset, schema=spec.schema, max_angle=float(spec.max_angle),
+                rest_light=(float(exs[0].ambient), float(exs[0].directional)),
+                examples=tuple((e.position, np.asarray(e.pose, np.float32), float(e.ambient), float(e.directional))
+                               for e in exs[start:start + UNIT_EXAMPLES]),
+            ))
+    return units
+
+
+def _remove_stale_temporaries(shards: Sequence[ShardPlan]) -> None:
+    """Temporary files a killed run left for this node's shards."""
+    for shard in shards:
+        for tmp in shard.path.parent.glob(f".{shard.path.name}.*.tmp"):
+            tmp.unlink(missing_ok=True)
+
+
+class _ShardAssembly:
+    """Collects unit results of one shard and writes them: models in row order
+    (chunk 0 brings the rest image), examples as soon as their model is in."""
+
+    def __init__(self, spec: RenderSpec, shard: ShardPlan):
+        self.shard = shard
+        self.spec = spec
+        self.writer: ShardWriter | None = None
+        self.rests: dict[int, UnitResult] = {}
+        self.waiting: dict[int, list[UnitResult]] = {}
+        self.next_row = 0
+        self.written = 0
+        self.examples = {e.position: e for e in shard.examples}
+
+    def add(self, result: UnitResult) -> ShardWriter | None:
+        """Store a result; returns the writer once every example is written."""
+        if result.chunk == 0:
+            self.rests[result.row] = result
+        elif result.row < self.next_row:
+            self._write_images(result)
+        else:
+            self.waiting.setdefault(result.row, []).append(result)
+        while self.next_row in self.rests:
+            first = self.rests.pop(self.next_row)
+            if self.writer is None:
+                meta = ShardMeta.for_shard(self.spec, self.shard, renderer=first.renderer)
+                self.writer = ShardWriter(self.shard.path, meta, num_examples=len(self.shard.examples),
+                                          compression=self.spec.compression, compression_level=self.spec.compression_level)
+            m = self.shard.models[self.next_row]
+            lead = self.shard.examples_of(m.model_id)[0]
+            self.writer.add_model(m.model_id, m.name, m.path, first.rest, light=(lead.ambient, lead.directional))
+            self._write_images(first)
+            for r in self.waiting.pop(self.next_row, []):
+                self._write_images(r)
+            self.next_row += 1
+        done = self.next_row == len(self.shard.models) and self.written == len(self.shard.examples)
+        return self.writer if done else None
+
+    def _write_images(self, result: UnitResult) -> None:
+        for position, morphed, posed in result.images:
+            self.writer.add_planned(self.examples[position], morphed, posed)
+        self.written += len(result.images)
+
+    def abort(self) -> None:
+        if self.writer is not None:
+            self.writer.abort()
+
+
+def _pool(workers: int):
+    ctx = mp.get_context("spawn")
+    return ctx.Pool(workers, maxtasksperchild=None)
+
+
+def _map(workers: int, units: Sequence[Unit]) -> Iterator[UnitResult]:
+    if workers <= 0:
+        for unit in units:
+            yield render_unit(unit)
+        return
+    pool = _pool(workers)
+    try:
+        yield from pool.imap_unordered(render_unit, units, chunksize=1)
+        pool.close()
+    except BaseException:
+        pool.terminate()
+        raise
+    finally:
+        pool.join()
+
+
+def default_workers() -> int:
+    """One worker per CPU core this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def run_job(spec: RenderSpec, out_dir: str | Path | None = None, workers: int | None = None, node_index: int = 0,
+            num_nodes: int = 1, progress: bool = True, log: Callable[[str], None] | None = None) -> JobReport:
+    """Render this node's share of ``spec`` into ``out_dir`` (default ``spec.output``).
+
+    Args:
+        workers: render processes (default: one per core; 0 renders in this process).
+        node_index, num_nodes: this machine's share (see :func:`~.plan.shards_for_node`).
+        progress: show a tqdm bar (images/s, ETA) on stderr.
+        log: where one-line messages go (default: stderr).
+
+    Returns the :class:`JobReport`. Raises SpecError/PlanError (bad spec or
+    nothing to render), CatalogError (bad library) and OSError.
+    """
+    log = log or (lambda line: print(line, file=sys.stderr))
+    out = Path(out_dir if out_dir is not None else spec.output)
+    workers = default_workers() if workers is None else int(workers)
+    report = JobReport()
+    with Catalog.open(spec.library) as catalog:
+        records = catalog_records(catalog)
+    start = time.perf_counter()
+    attempted: set[str] = set()
+    while True:
+        failed = {}
+        for split in spec.split_names:
+            for f in load_index(out / split).get("failed", []):
+                failed[f["model_id"]] = f.get("reason", "failed")
+        plans = plan_all(spec, records, out, failed=failed)
+        todo = [s for s in shards_for_node(list(plans.values()), node_index, num_nodes)
+                if not shard_is_complete(s.path, s.fingerprint)]
+        if not attempted:  # first pass: record the plans and what was kept
+            _record_plans(plans, report, log)
+            mine = shards_for_node(list(plans.values()), node_index, num_nodes)
+            report.shards_kept = [s.path for s in mine if s not in todo]
+        todo = [s for s in todo if s.path.name + s.split + s.fingerprint not in attempted]
+        if not todo:
+            break
+        attempted.update(s.path.name + s.split + s.fingerprint for s in todo)
+        new_failures = _render_shards(spec, todo, workers, progress, report, log)
+        if not new_failures:
+            break
+    report.seconds = time.perf_counter() - start
+    report.failed = failed | report.failed
+    return report
+
+
+def _record_plans(plans: dict[str, SplitPlan], report: JobReport, log) -> None:
+    for name, plan in plans.items():
+        update_index(plan.split_dir, split=name, skipped=plan.skipped_records(), planned=plan.planned_record())
+        report.skipped[name] = plan.skipped_records()
+        for w in plan.warnings:
+            report.warnings.append(w)
+            log(f"warning: {w}")
+        for s in plan.skipped:
+            log(f"skipped {s.name or s.model_id} ({s.path}): {s.reason}")
+
+
+def _render_shards(spec: RenderSpec, shards: list[ShardPlan], workers: int, progress: bool, report: JobReport,
+                   log) -> dict[str, str]:
+    """Render ``shards``; returns the models that failed in this pass."""
+    _remove_stale_temporaries(shards)
+    by_key = {(s.split, s.index): s for s in shards}
+    assemblies = {key: _ShardAssembly(spec, s) for key, s in by_key.items()}
+    units = [u for s in shards for u in _units(spec, s)]
+    total = 2 * sum(len(s.examples) for s in shards)
+    failures: dict[str, str] = {}
+    dead: set[tuple[str, int]] = set()
+    bar = tqdm(total=total, unit="img", desc="render", disable=not progress, dynamic_ncols=True, smoothing=0.1)
+    try:
+        for result in _map(workers, units):
+            key = (result.split, result.shard)
+            if key in dead:
+                continue
+            shard = by_key[key]
+            if result.error is not None:
+                m = shard.models[result.row]
+                failures[m.model_id] = result.error
+                report.failed[m.model_id] = result.error
+                log(f"failed {m.name or m.model_id} ({m.path}): {result.error}; its shards are re-planned without it")
+                update_index(shard.path.parent, failed=[{"model_id": m.model_id, "name": m.name, "path": m.path, "reason": result.error}])
+                for k, s in by_key.items():  # every pending shard with this model is redone after re-planning
+                    if k not in dead and any(x.model_id == m.model_id for x in s.models):
+                        assemblies[k].abort()
+                        dead.add(k)
+                continue
+            report.peak_rss_kib = max(report.peak_rss_kib, result.peak_rss_kib)
+            bar.update(2 * len(result.images))
+            report.images += 2 * len(result.images)
+            report.examples += len(result.images)
+            writer = assemblies[key].add(result)
+            if writer is not None:
+                info = writer.close()
+                update_index(shard.path.parent, shard=info, split=shard.split)
+                report.shards_written.append(shard.path)
+                dead.add(key)
+    except BaseException:
+        for key, assembly in assemblies.items():
+            if key not in dead:
+                assembly.abort()
+        raise
+    finally:
+        bar.close()
+    return failures
+
+
+def format_report(report: JobReport, out_dir: Path) -> str:
+    """Lines summarising a run for the terminal."""
+    lines = [f"dataset: {out_dir}"]
+    lines.append(f"  shards written: {len(report.shards_written)}, already complete: {len(report.shards_kept)}")
+    lines.append(f"  examples rendered: {report.examples} ({report.images} images in {report.seconds:.1f} s, "
+                 f"{report.images_per_second:.1f} images/s)")
+    n_skipped = sum(len(v) for v in report.skipped.values())
+    if n_skipped:
+        lines.append(f"  models skipped: {n_skipped} (reasons in each split's index.json)")
+    if report.failed:
+        lines.append(f"  models failed: {len(report.failed)} (recorded in index.json; their examples went to other models)")
+    return "\n".join(lines)
+
+
+def replace_output(spec: RenderSpec, out_dir: str | Path | None) -> RenderSpec:
+    """``spec`` with its output folder replaced (the CLI's ``--out``)."""
+    return spec if out_dir is None else dataclasses.replace(spec, output=Path(out_dir))

@@ -1,0 +1,833 @@
+"""The Phong renderer: a posed MMD model -> an RGBA image.
+
+Usage::
+
+    from mmdsynth.render import Framing, Lighting, ModelRenderer
+    renderer = ModelRenderer(model, preset="tha1")          # uploads the model once
+    framing = Framing.from_head("tha1", head_top, head_bottom, center_x)
+    image = renderer.render_pose(pose, framing, Lighting(ambient=0.8))   # GPU skinning
+    image = renderer.render(pose_model(model, pose), framing)            # CPU-posed mesh
+    # image: (256, 256, 4) uint8 RGBA, straight alpha, row 0 at the top
+
+Two ways in
+-----------
+* :meth:`ModelRenderer.render_pose` (fast path): morphs and forward kinematics
+  on the CPU (:class:`mmdsynth.mmd.posing.Poser` ``.morph`` and ``.bones``),
+  skinning in the vertex shader from a bone texture. Per frame it uploads the
+  rows of the morphed rest positions that changed since the last frame, the
+  UVs when a UV morph changed them, the bone texture (B x 64 bytes) and
+  per-material uniforms. The shader reproduces
+  :class:`mmdsynth.mmd.skinning.Skinner` (BDEF1/2/4, SDEF, QDEF) in float32;
+  :meth:`ModelRenderer.skin_on_gpu` reads its result back for comparison with
+  :func:`~mmdsynth.mmd.posing.pose_model`.
+* :meth:`ModelRenderer.render` takes a :class:`~mmdsynth.mmd.posing.PosedMesh`
+  (from ``pose_model`` or :func:`rest_mesh`) and uploads its positions and
+  normals (N x 24 bytes) every frame.
+
+Shading (per fragment, all colours linear in [0,1], no gamma)
+-------------------------------------------------------------
+With ``tex`` the material's texture sample (straight RGBA, after the material
+morph texture tint; white when the material has no texture or its file is
+missing), ``D`` the material diffuse RGBA, ``S``/``p`` its specular colour and
+power, ``A`` the ambient light colour, ``C`` the directional light colour,
+``l`` the (unit) direction the directional light travels, ``N`` the unit normal
+in view space (flipped on the back faces of double-sided materials),
+``V = (0, 0, 1)`` the direction to the (orthographic) viewer and
+``R = reflect(l, N) = l - 2 (N.l) N``::
+
+    rgb   = clamp( tex.rgb * D.rgb * (A + C * max(N.(-l), 0))
+                   + S * C * [N.(-l) > 0] * max(R.V, 0) ^ max(p, 1e-4) , 0, 1)
+    alpha = D.a * tex.a
+
+This is the Phong reflection model (B. T. Phong, "Illumination for computer
+generated pictures", CACM 18(6), 1975) with the texture modulating the ambient
+and diffuse terms, under the ambient plus one directional white light of THA1's
+data generation (Khungurn 2019, talking-head-anime write-up; DESIGN.md
+"Lighting"). MMD's own material *ambient* colour does not participate: MMD uses
+it as a constant emissive term (colour = D x light + ambient), which would wash
+out the per-example ambient magnitude that THA1 varies; our ``A`` is a light,
+not a material property. Toon textures and edges (outlines) are not drawn.
+Sphere maps are off by default; ``sphere_maps=True`` samples the material's
+sphere texture (after its material-morph tint) at ``(0.5 + 0.5 N.x, 0.5 - 0.5
+N.y)`` and multiplies ``tex.rgb`` by it (mode 1, .sph) or adds it (mode 2, .spa)
+before lighting; mode 3 (sub-texture) is treated as off. Material-morph tints
+(``PosedMesh.material_tint_mul/add`` rows 0 and 1) apply to textured
+materials' texture rgb as ``c' = mix(1, c * mul.rgb, mul.a)``, ``c'' =
+clamp(c' + (c' - 1) * add.a, 0, 1) + add.rgb`` (babylon-mmd, as documented in
+:mod:`mmdsynth.mmd.morphing`).
+
+Fragments with ``alpha < 1/255`` are discarded (no colour, no depth write).
+Materials are drawn in file order with depth test (less) and depth write; back
+faces are culled unless the material is double-sided. Colour blends as
+``src_alpha, one_minus_src_alpha`` and alpha as ``one, one_minus_src_alpha``
+into a target cleared to (0,0,0,0), so the target holds premultiplied colour
+and coverage; the resolve pass turns that into straight alpha (rgb / alpha
+where the 8-bit alpha is > 0, exactly (0,0,0,0) elsewhere).
+
+Materials whose every fragment is opaque (diffuse alpha 1, no texture or a
+texture without alpha) are drawn without blending and with a shader without
+the alpha test, which lets the rasteriser test depth early; the result is the
+same. Each material uses the shader variant with only the features it needs
+(:func:`mmdsynth.render.shaders.model_fs`).
+
+Textures are uploaded once per model, premultiplied (so that mipmapping and
+filtering do not bleed the colour of fully transparent texels into edges), with
+mipmaps and repeat wrapping; the shader un-premultiplies each sample. Filtering
+is trilinear on a GPU and bilinear in the nearest mip level on a software
+rasteriser (:func:`default_texture_filter`).
+
+Anti-aliasing
+-------------
+Two knobs: ``samples`` (MSAA samples per pixel, 0/1 = none) and
+``supersample`` (render at ``supersample`` times the size, then a box filter
+down). Both are averaged in premultiplied space by the resolve pass. Defaults
+(``None``) depend on the context's renderer (:func:`default_antialiasing`):
+on a GPU 4x MSAA (nearly free there); on a software rasteriser (llvmpipe) 2x2
+supersampling without MSAA, which also gives 4 samples per pixel (alpha steps
+of 1/4 along edges) and on llvmpipe costs less than its 4x MSAA.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import moderngl
+import numpy as np
+
+from mmdsynth.mmd.model import Material, Model, SphereMode
+from mmdsynth.mmd.posing import Pose, PosedMesh, Poser
+
+from . import shaders
+from .context import RenderError, get_context, is_software_renderer
+from .framing import MMD_TO_VIEW, Framing, Preset, get_preset
+
+__all__ = ["Lighting", "ModelRenderer", "rest_mesh", "default_antialiasing", "default_texture_filter", "TEXTURE_FILTERS"]
+
+
+def _rgb(value, name: str) -> tuple[float, float, float]:
+    """A light colour: a magnitude (white light) or an (r, g, b) triple; finite, >= 0."""
+    try:
+        arr = np.asarray(value, np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number or an (r, g, b) triple, got {value!r}") from None
+    if arr.shape == (1,):
+        arr = np.repeat(arr, 3)
+    if arr.shape != (3,):
+        raise ValueError(f"{name} must be a number or an (r, g, b) triple, got {value!r}")
+    if not (np.all(np.isfinite(arr)) and np.all(arr >= 0.0)):
+        raise ValueError(f"{name} must be finite and >= 0, got {value!r}")
+    return (float(arr[0]), float(arr[1]), float(arr[2]))
+
+
+@dataclass(frozen=True)
+class Lighting:
+    """Lights of one render (THA1 defaults, DESIGN.md).
+
+    * ``ambient``: ambient light magnitude (white), or an (r, g, b) colour.
+      DESIGN.md draws it per example from U[0.5, 1.2]; the default 0.5 is the
+      darkest of that range, at which a surface facing the light shows exactly
+      its texture x diffuse colour (0.5 + 0.5 = 1).
+    * ``directional``: directional light magnitude (white) or (r, g, b); 0.5.
+    * ``direction``: the direction the light travels, in VIEW space (right-
+      handed, +x right, +y up, +z toward the viewer); (0, 0, -1) = from the
+      viewer onto the character's front. Normalised on use; must not be zero.
+
+    Raises ValueError for negative or non-finite values or a zero direction.
+    """
+
+    ambient: float | tuple[float, float, float] = 0.5
+    directional: float | tuple[float, float, float] = 0.5
+    direction: tuple[float, float, float] = (0.0, 0.0, -1.0)
+
+    def __post_init__(self):
+        _rgb(self.ambient, "ambient")
+        _rgb(self.directional, "directional")
+        d = np.asarray(self.direction, np.float64).reshape(-1)
+        if d.shape != (3,) or not np.all(np.isfinite(d)) or np.linalg.norm(d) < 1e-12:
+            raise ValueError(f"light direction must be a finite non-zero (x, y, z), got {self.direction!r}")
+
+    @property
+    def ambient_rgb(self) -> tuple[float, float, float]:
+        """Ambient light colour (r, g, b)."""
+        return _rgb(self.ambient, "ambient")
+
+    @property
+    def directional_rgb(self) -> tuple[float, float, float]:
+        """Directional light colour (r, g, b)."""
+        return _rgb(self.directional, "directional")
+
+    @property
+    def unit_direction(self) -> tuple[float, float, float]:
+        """``direction`` normalised (view space)."""
+        d = np.asarray(self.direction, np.float64).reshape(-1)
+        d = d / np.linalg.norm(d)
+        return (float(d[0]), float(d[1]), float(d[2]))
+
+
+def rest_mesh(model: Model) -> PosedMesh:
+    """A :class:`PosedMesh` of the rest pose built straight from the model's
+    arrays (no morphs, identity skinning). Shares the model's arrays (do not
+    modify them); the materials list is a new list of the same objects."""
+    b = len(model.bones)
+    bone_transforms = np.tile(np.eye(4, dtype=np.float32), (b, 1, 1))
+    for i, bone in enumerate(model.bones):
+        bone_transforms[i, :3, 3] = bone.position
+    return PosedMesh(
+        positions=model.positions,
+        normals=model.normals,
+        uvs=model.uvs,
+        additional_uvs=model.additional_uvs,
+        materials=list(model.materials),
+        bone_transforms=bone_transforms,
+        skinning=np.tile(np.eye(4, dtype=np.float32), (b, 1, 1)),
+    )
+
+
+def default_antialiasing(software: bool | None = None) -> tuple[int, int]:
+    """(samples, supersample) used when a renderer is built with ``None``:
+    a software rasteriser -> (0, 2): no MSAA, 2x2 supersampling; a GPU -> (4, 1):
+    4x MSAA. ``software`` None asks the process's context (may raise RenderError)."""
+    if software is None:
+        software = is_software_renderer()
+    return (0, 2) if software else (4, 1)
+
+
+TEXTURE_FILTERS = {
+    # name: (minification, magnification)
+    "trilinear": (moderngl.LINEAR_MIPMAP_LINEAR, moderngl.LINEAR),
+    "bilinear": (moderngl.LINEAR_MIPMAP_NEAREST, moderngl.LINEAR),  # bilinear in the nearest mip level
+}
+
+
+def default_texture_filter(software: bool | None = None) -> str:
+    """Texture filter used when a renderer is built with ``None``: ``"trilinear"``
+    on a GPU; ``"bilinear"`` (in the nearest mip level) on a software rasteriser,
+    where trilinear filtering costs about 10% of a frame and the 2x2
+    supersampling already smooths mip-level seams."""
+    if software is None:
+        software = is_software_renderer()
+    return "bilinear" if software else "trilinear"
+
+
+@dataclass
+class _Target:
+    """Render targets of one output size."""
+
+    fbo: moderngl.Framebuffer
+    color: moderngl.Texture
+    out_fbo: moderngl.Framebuffer
+    size: tuple[int, int]
+    objects: list = field(default_factory=list)
+
+
+def _bounds(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(lo, hi) float64 (3,) of (N,3) points (N > 0). Reduces a transposed
+    contiguous copy: numpy's axis-0 reduction over 3 columns is ~30x slower."""
+    cols = np.ascontiguousarray(points.T)
+    return cols.min(axis=1).astype(np.float64), cols.max(axis=1).astype(np.float64)
+
+
+def _premultiply(rgba: np.ndarray) -> np.ndarray:
+    """(H,W,4) uint8 straight -> premultiplied (rounded), C-contiguous uint8."""
+    a = rgba[..., 3:4].astype(np.uint16)
+    out = np.empty_like(rgba)
+    out[..., :3] = ((rgba[..., :3].astype(np.uint16) * a + 127) // 255).astype(np.uint8)
+    out[..., 3] = rgba[..., 3]
+    return np.ascontiguousarray(out)
+
+
+def _skin_attributes(poser: Poser, n: int) -> dict[str, np.ndarray]:
+    """Per-vertex skinning inputs for the shader, taken from the Poser's
+    :class:`~mmdsynth.mmd.skinning.Skinner` so the weights are exactly the CPU's
+    (renormalised BDEF4, BDEF1/2 slots, invalid bones dropped).
+
+    Returns bones (N,4) int32, weights (N,4) float32, kind (N,) int32 (0 linear
+    blend, 1 SDEF, 2 QDEF), sdef_c / sdef_cr0 / sdef_cr1 (N,3) float32.
+    Raises ValueError when a vertex has more than 4 linear-blend influences.
+    """
+    sk = poser.skinner
+    bones = np.zeros((n, 4), np.int32)
+    weights = np.zeros((n, 4), np.float32)
+    kind = np.zeros(n, np.int32)
+    v = np.asarray(sk.pair_vertex, np.int64)
+    if v.size:
+        order = np.argsort(v, kind="stable")
+        v = v[order]
+        starts = np.searchsorted(v, v, side="left")
+        slot = np.arange(len(v)) - starts
+        if slot.max() >= 4:
+            raise ValueError("a vertex has more than 4 bone influences")
+        bones[v, slot] = np.asarray(sk.pair_bone, np.int64)[order]
+        weights[v, slot] = np.asarray(sk.pair_weight, np.float64)[order]
+    sc = np.zeros((n, 3), np.float32)
+    s0 = np.zeros((n, 3), np.float32)
+    s1 = np.zeros((n, 3), np.float32)
+    if sk.sdef_vertex.size:
+        s = sk.sdef_vertex
+        kind[s] = 1
+        bones[s, :2] = sk.sdef_bones
+        bones[s, 2:] = 0
+        weights[s] = 0.0
+        weights[s, 0] = sk.sdef_w0
+        sc[s], s0[s], s1[s] = sk.sdef_c, sk.sdef_cr0, sk.sdef_cr1
+    if sk.qdef_vertex.size:
+        q = sk.qdef_vertex
+        kind[q] = 2
+        bones[q] = np.maximum(sk.qdef_bones, 0)
+        weights[q] = np.where(sk.qdef_bones >= 0, sk.qdef_weights, 0.0)
+    return {"bones": bones, "weights": weights, "kind": kind, "sdef_c": sc, "sdef_cr0": s0, "sdef_cr1": s1}
+
+
+class ModelRenderer:
+    """Draws one model; GPU buffers and textures are uploaded once at construction.
+
+    Args:
+        model: the model (its faces, UVs, normals, materials, skinning data and
+            textures are read here; later changes to the Model object are not
+            seen; build a new renderer).
+        preset: default output size (``"tha1"``, ``"tha3"`` or a Preset); render
+            targets for it are made now, others on first use.
+        samples: MSAA samples per pixel (0 or 1: none; clamped to the driver's
+            maximum); None: :func:`default_antialiasing`.
+        supersample: render at this many times the output size and box-filter
+            down (>= 1); None: :func:`default_antialiasing`.
+        sphere_maps: apply the materials' sphere maps (.sph multiply, .spa add).
+        texture_filter: ``"trilinear"`` or ``"bilinear"`` (mipmapped either
+            way); None: :func:`default_texture_filter`.
+
+    Raises:
+        RenderError: no GL context, or GL resources cannot be created.
+        ValueError: bad ``samples``/``supersample``/``texture_filter``, or faces
+            refer to missing vertices.
+
+    One renderer per model, used from one thread. Call :meth:`release` (or use
+    it as a context manager) to free GPU memory early.
+    """
+
+    def __init__(self, model: Model, preset: str | Preset = "tha1", samples: int | None = None,
+                 supersample: int | None = None, sphere_maps: bool = False, texture_filter: str | None = None):
+        self.ctx = get_context()
+        self.model = model
+        self.preset = get_preset(preset)
+        auto_samples, auto_ss = default_antialiasing()
+        samples = auto_samples if samples is None else int(samples)
+        supersample = auto_ss if supersample is None else int(supersample)
+        if samples < 0 or supersample < 1:
+            raise ValueError(f"samples must be >= 0 and supersample >= 1 (got {samples}, {supersample})")
+        #: MSAA samples per pixel of the render target (0: none).
+        self.samples = 0 if samples <= 1 else min(samples, int(self.ctx.max_samples))
+        #: Supersampling factor of the render target (1: none).
+        self.supersample = supersample
+        self.sphere_maps = bool(sphere_maps)
+        texture_filter = default_texture_filter() if texture_filter is None else texture_filter
+        if texture_filter not in TEXTURE_FILTERS:
+            raise ValueError(f"texture_filter must be one of {', '.join(TEXTURE_FILTERS)}, got {texture_filter!r}")
+        #: Texture filter name (see TEXTURE_FILTERS).
+        self.texture_filter = texture_filter
+        self._objects: list = []
+        self._targets: dict[tuple[int, int], _Target] = {}
+        self._textures: dict[int, moderngl.Texture | None] = {}
+        self._opaque_textures: set[int] = set()  # id() of GL textures whose alpha is 255 everywhere
+        self._poser: Poser | None = None
+        self._gpu = None  # GPU-skinning resources, made on first render_pose
+        self._released = False
+        try:
+            self._upload(model)
+            self._target(self.preset.width, self.preset.height)
+        except moderngl.Error as exc:
+            self.release()
+            raise RenderError(f"cannot create GL resources: {' '.join(str(exc).split())}") from None
+
+    # ------------------------------------------------------------------ setup
+
+    def _keep(self, obj):
+        self._objects.append(obj)
+        return obj
+
+    def _upload(self, model: Model) -> None:
+        ctx = self.ctx
+        n = model.vertex_count
+        faces = np.ascontiguousarray(model.faces, dtype=np.uint32).reshape(-1, 3)
+        if faces.size and int(faces.max()) >= n:
+            raise ValueError(f"a face refers to vertex {int(faces.max())} of {n}")
+        self.n_vertices = n
+        self.n_faces = len(faces)
+        # (first face, face count) per material, clipped to the faces present.
+        ranges, start = [], 0
+        for mat in model.materials:
+            count = max(0, min(int(mat.face_count), self.n_faces - start))
+            ranges.append((start, count))
+            start += count
+        self.ranges = ranges
+
+        vbytes = max(n, 1)
+        self.ibo = self._keep(ctx.buffer(faces.tobytes() if faces.size else bytes(12)))
+        self.pos_buf = self._keep(ctx.buffer(reserve=vbytes * 12, dynamic=True))
+        self.nrm_buf = self._keep(ctx.buffer(reserve=vbytes * 12, dynamic=True))
+        self.uv_buf = self._keep(ctx.buffer(reserve=vbytes * 8, dynamic=True))
+        # Copies of what pos_buf / uv_buf hold, to upload only the rows that change.
+        self._last_positions: np.ndarray | None = None
+        self._last_uvs: np.ndarray | None = None
+        self._write_uvs(model.uvs)
+        rest = np.ascontiguousarray(model.positions, np.float32)
+        self.rest_pos_buf = self._keep(ctx.buffer(rest.tobytes() or bytes(12)))
+        self.rest_nrm_buf = self._keep(ctx.buffer(np.ascontiguousarray(model.normals, np.float32).tobytes() or bytes(12)))
+        if n:
+            lo, hi = _bounds(rest)
+        else:
+            lo = hi = np.zeros(3)
+        self.rest_bounds = (lo, hi)
+
+        # Material-pass programs, one per feature combination (shaders.model_fs), made on first use.
+        self._programs: dict[tuple, moderngl.Program] = {}
+        self._vaos: dict[tuple, moderngl.VertexArray] = {}
+        self._frame = 0  # counts render calls; programs get the frame's uniforms on first use
+        self._frame_of: dict[tuple, int] = {}
+        self._frame_uniforms: dict = {}
+        self.flat_prog = self._keep(ctx.program(vertex_shader=shaders.FLAT_VS, fragment_shader=shaders.FLAT_FS))
+        self.flat_vao = self._keep(ctx.vertex_array(self.flat_prog, [(self.rest_pos_buf, "3f", "in_position")],
+                                                    index_buffer=self.ibo, index_element_size=4))
+        self.resolve_prog = self._keep(ctx.program(
+            vertex_shader=shaders.FULLSCREEN_VS,
+            fragment_shader=shaders.resolve_fs(self.supersample, max(self.samples, 1))))
+        self.resolve_vao = self._keep(ctx.vertex_array(self.resolve_prog, []))
+        self.resolve_prog["u_src"].value = 0
+
+        # Textures used by materials, uploaded once each (shared between materials).
+        self.mat_textures = []
+        self.mat_spheres = []
+        for mat in model.materials:
+            self.mat_textures.append(self._texture(model, mat.texture_index))
+            sphere = None
+            if self.sphere_maps and mat.sphere_mode in (SphereMode.MULTIPLY, SphereMode.ADD):
+                sphere = self._texture(model, mat.sphere_index)
+            self.mat_spheres.append(sphere)
+
+    def _texture(self, model: Model, index: int) -> moderngl.Texture | None:
+        if index is None or index < 0:
+            return None
+        if index in self._textures:
+            return self._textures[index]
+        image = model.texture_image(index)
+        tex = None
+        if image is not None:
+            # Same decoded array (two names for one file) -> one GL texture.
+            for other_index, other in self._textures.items():
+                if other is not None and model.texture_image(other_index) is image:
+                    tex = other
+                    break
+            if tex is None:
+                h, w = image.shape[:2]
+                tex = self._keep(self.ctx.texture((w, h), 4, _premultiply(image).tobytes()))
+                if int(image[..., 3].min()) == 255:
+                    self._opaque_textures.add(id(tex))
+                tex.repeat_x = tex.repeat_y = True
+                tex.build_mipmaps()
+                tex.filter = TEXTURE_FILTERS[self.texture_filter]
+        self._textures[index] = tex
+        return tex
+
+    def _target(self, width: int, height: int) -> _Target:
+        key = (int(width), int(height))
+        target = self._targets.get(key)
+        if target is not None:
+            return target
+        if key[0] < 1 or key[1] < 1:
+            raise ValueError(f"bad output size {key}")
+        ctx = self.ctx
+        ss = self.supersample
+        size = (key[0] * ss, key[1] * ss)
+        limit = int(ctx.info.get("GL_MAX_TEXTURE_SIZE", 16384))
+        if max(size) > limit:
+            raise RenderError(f"render target {size[0]}x{size[1]} exceeds the driver's maximum texture size {limit}")
+        color = ctx.texture(size, 4, samples=self.samples)
+        depth = ctx.depth_renderbuffer(size, samples=self.samples)
+        fbo = ctx.framebuffer(color_attachments=[color], depth_attachment=depth)
+        out_color = ctx.renderbuffer(key, 4)
+        out_fbo = ctx.framebuffer(color_attachments=[out_color])
+        target = _Target(fbo, color, out_fbo, key, [fbo, out_fbo, color, depth, out_color])
+        self._targets[key] = target
+        return target
+
+    def _gpu_resources(self):
+        """Skinning program (transform feedback), static skinning attributes,
+        the bone texture and the skinned position/normal buffers (first use)."""
+        if self._gpu is not None:
+            return self._gpu
+        ctx = self.ctx
+        n = self.n_vertices
+        attrs = _skin_attributes(self.poser, n)
+        nb = max(len(self.model.bones), 1)
+        try:
+            bone_tex = self._keep(ctx.texture((4, nb), 4, dtype="f4"))
+            bone_tex.filter = (moderngl.NEAREST, moderngl.NEAREST)
+            bufs = {k: self._keep(ctx.buffer(np.ascontiguousarray(v).tobytes() or bytes(16))) for k, v in attrs.items()}
+            sk = self.poser.skinner
+            skin_prog = self._keep(ctx.program(vertex_shader=shaders.skin_vs(sk.sdef_vertex.size > 0, sk.qdef_vertex.size > 0),
+                                               varyings=["tf_position", "tf_normal"]))
+            skin_prog["u_bones"].value = 2
+            inputs = [
+                (self.pos_buf, "3f", "in_position"),
+                (self.rest_nrm_buf, "3f", "in_normal"),
+                (bufs["bones"], "4i", "in_bones"),
+                (bufs["weights"], "4f", "in_weights"),
+                (bufs["kind"], "i", "in_kind"),
+                (bufs["sdef_c"], "3f", "in_sdef_c"),
+                (bufs["sdef_cr0"], "3f", "in_sdef_cr0"),
+                (bufs["sdef_cr1"], "3f", "in_sdef_cr1"),
+            ]
+            # Inputs of deform types the model lacks are compiled out.
+            skin_vao = self._keep(ctx.vertex_array(skin_prog, [c for c in inputs if c[2] in skin_prog]))
+            # Skinned vertices, interleaved position + normal (what the feedback writes).
+            skinned = self._keep(ctx.buffer(reserve=max(n, 1) * 24))
+        except moderngl.Error as exc:
+            raise RenderError(f"cannot create GPU skinning resources: {' '.join(str(exc).split())}") from None
+        self._gpu = {"skin_vao": skin_vao, "bone_tex": bone_tex, "skinned": skinned}
+        return self._gpu
+
+    @property
+    def poser(self) -> Poser:
+        """The :class:`~mmdsynth.mmd.posing.Poser` of this renderer's model (made on first use)."""
+        if self._poser is None:
+            self._poser = Poser(self.model)
+        return self._poser
+
+    # ------------------------------------------------------------------ per frame
+
+    def _write_rows(self, buf: moderngl.Buffer, data: np.ndarray, last: np.ndarray | None) -> np.ndarray:
+        """Write the rows of ``data`` (N,K) float32 that differ from ``last`` (what
+        ``buf`` holds; None: unknown) as one contiguous range; returns the new copy."""
+        if last is None or last.shape != data.shape:
+            if data.size:
+                buf.write(data)
+            return data.copy()
+        # Flat comparison: much faster in numpy than any(axis=1) over K columns.
+        changed = np.flatnonzero(data.ravel() != last.ravel())
+        if changed.size:
+            k = data.shape[1]
+            lo, hi = int(changed[0]) // k, int(changed[-1]) // k + 1
+            buf.write(data[lo:hi], offset=lo * k * 4)
+            last[lo:hi] = data[lo:hi]
+        return last
+
+    def _write_uvs(self, uvs: np.ndarray) -> None:
+        """Upload the UVs that changed (UV morphs are rare)."""
+        data = np.ascontiguousarray(uvs, np.float32)
+        if data.shape != (self.n_vertices, 2):
+            raise ValueError(f"uvs have shape {data.shape}, the model has {self.n_vertices} vertices")
+        self._last_uvs = self._write_rows(self.uv_buf, data, self._last_uvs)
+
+    def _write_positions(self, positions: np.ndarray) -> np.ndarray:
+        """Upload the rows of ``positions`` (N,3) that changed; returns them as float32."""
+        data = np.ascontiguousarray(positions, np.float32)
+        if data.shape != (self.n_vertices, 3):
+            raise ValueError(f"positions have shape {data.shape}, the model has {self.n_vertices} vertices")
+        if not np.all(np.isfinite(data)):
+            raise ValueError("positions contain NaN or infinity")
+        self._last_positions = self._write_rows(self.pos_buf, data, self._last_positions)
+        return data
+
+    def _set_frame(self, target: _Target, framing: Framing, lighting: Lighting, z_range: tuple[float, float]) -> None:
+        ctx = self.ctx
+        self._frame += 1
+        self._frame_uniforms = {
+            "u_proj": np.ascontiguousarray(framing.projection(*z_range).T, np.float32).tobytes(),
+            "u_ambient_light": lighting.ambient_rgb,
+            "u_light_color": lighting.directional_rgb,
+            "u_light_dir": lighting.unit_direction,
+        }
+        target.fbo.use()
+        ctx.viewport = (0, 0, target.fbo.width, target.fbo.height)
+        target.fbo.clear(0.0, 0.0, 0.0, 0.0, depth=1.0)
+        ctx.enable(moderngl.DEPTH_TEST)
+        ctx.depth_func = "<"
+        ctx.blend_func = (moderngl.SRC_ALPHA, moderngl.ONE_MINUS_SRC_ALPHA, moderngl.ONE, moderngl.ONE_MINUS_SRC_ALPHA)
+        ctx.blend_equation = moderngl.FUNC_ADD
+        ctx.front_face = "cw"  # PMX/PMD front faces are clockwise on screen (see framing.py)
+        ctx.cull_face = "back"
+
+    def _vao(self, features: tuple, skinned: bool) -> moderngl.VertexArray:
+        """The vertex array of the material program with ``features`` (the
+        keyword arguments of :func:`shaders.model_fs`, as a tuple) reading
+        CPU-posed (``skinned`` False) or GPU-skinned vertices; the frame's
+        uniforms are set on its program when it is first used in a frame."""
+        prog = self._programs.get(features)
+        if prog is None:
+            prog = self._keep(self.ctx.program(vertex_shader=shaders.MODEL_VS,
+                                               fragment_shader=shaders.model_fs(**dict(features))))
+            prog["u_view"].write(np.ascontiguousarray(MMD_TO_VIEW.T, np.float32).tobytes())
+            for name, unit in (("u_texture", 0), ("u_sphere", 1)):
+                if name in prog:
+                    prog[name].value = unit
+            self._programs[features] = prog
+        if self._frame_of.get(features) != self._frame:
+            for name, value in self._frame_uniforms.items():
+                if name not in prog:
+                    continue
+                if isinstance(value, bytes):
+                    prog[name].write(value)
+                else:
+                    prog[name].value = value
+            self._frame_of[features] = self._frame
+        key = (features, skinned)
+        vao = self._vaos.get(key)
+        if vao is None:
+            if skinned:
+                content = [(self._gpu["skinned"], "3f 3f", "in_position", "in_normal")]
+            else:
+                content = [(self.pos_buf, "3f", "in_position"), (self.nrm_buf, "3f", "in_normal")]
+            if "in_uv" in prog:  # untextured variants have no UVs
+                content.append((self.uv_buf, "2f", "in_uv"))
+            vao = self._keep(self.ctx.vertex_array(prog, content, index_buffer=self.ibo, index_element_size=4))
+            self._vaos[key] = vao
+        return vao
+
+    def _draw_materials(self, skinned: bool, materials: list[Material],
+                        tint_mul: np.ndarray | None, tint_add: np.ndarray | None) -> None:
+        """Draw every material in file order with the shader variant it needs."""
+        ctx = self.ctx
+        if len(materials) != len(self.ranges):
+            raise ValueError(f"{len(materials)} materials given, the model has {len(self.ranges)}")
+        culling = None
+        blending = None
+        for i, (mat, (first, count)) in enumerate(zip(materials, self.ranges)):
+            alpha = float(mat.diffuse[3])
+            if count == 0 or not alpha >= 1.0 / 255.0:
+                continue  # nothing to draw / every fragment would be discarded
+            double_sided = mat.double_sided
+            if (not double_sided) != culling:
+                (ctx.disable if double_sided else ctx.enable)(moderngl.CULL_FACE)
+                culling = not double_sided
+            tex = self.mat_textures[i]
+            sphere = self.mat_spheres[i]
+            texture_alpha = tex is not None and id(tex) not in self._opaque_textures
+            # Opaque everywhere: no blending (the same result: alpha is exactly 1).
+            blend = texture_alpha or alpha < 1.0
+            if blending != blend:
+                (ctx.enable if blend else ctx.disable)(moderngl.BLEND)
+                blending = blend
+            mul = tint_mul[i, :2] if tint_mul is not None else None
+            add = tint_add[i, :2] if tint_add is not None else None
+            tinted = (mul is not None and bool(np.any(mul != 1.0))) or (add is not None and bool(np.any(add != 0.0)))
+            features = (
+                ("has_texture", tex is not None),
+                ("texture_alpha", texture_alpha),
+                ("tint", tinted and (tex is not None or sphere is not None)),
+                ("specular", any(float(c) != 0.0 for c in mat.specular)),
+                ("sphere", int(mat.sphere_mode) if sphere is not None else 0),
+                ("double_sided", double_sided),
+            )
+            vao = self._vao(features, skinned)
+            prog = vao.program
+            if tex is not None:
+                tex.use(0)
+            if sphere is not None:
+                sphere.use(1)
+            if tinted:
+                for name, row in (("u_tex_mul", mul[0] if mul is not None else (1, 1, 1, 1)),
+                                  ("u_tex_add", add[0] if add is not None else (0, 0, 0, 0)),
+                                  ("u_sph_mul", mul[1] if mul is not None else (1, 1, 1, 1)),
+                                  ("u_sph_add", add[1] if add is not None else (0, 0, 0, 0))):
+                    if name in prog:
+                        prog[name].value = tuple(float(v) for v in row)
+            prog["u_diffuse"].value = tuple(float(v) for v in mat.diffuse)
+            if "u_specular" in prog:
+                prog["u_specular"].value = tuple(float(v) for v in mat.specular)
+                prog["u_power"].value = float(mat.specular_power)
+            vao.render(moderngl.TRIANGLES, vertices=3 * count, first=3 * first)
+
+    def _resolve_and_read(self, target: _Target) -> np.ndarray:
+        ctx = self.ctx
+        target.out_fbo.use()
+        ctx.viewport = (0, 0, target.size[0], target.size[1])
+        ctx.disable(moderngl.BLEND | moderngl.DEPTH_TEST | moderngl.CULL_FACE)
+        target.color.use(0)
+        self.resolve_prog["u_out_height"].value = target.size[1]
+        self.resolve_vao.render(moderngl.TRIANGLES, vertices=3)
+        w, h = target.size
+        buf = bytearray(w * h * 4)
+        target.out_fbo.read_into(buf, components=4, alignment=1)
+        return np.frombuffer(buf, np.uint8).reshape(h, w, 4)
+
+    @staticmethod
+    def _padded(z_min: float, z_max: float, rel: float, absolute: float) -> tuple[float, float]:
+        pad = rel * (z_max - z_min) + absolute
+        return z_min - pad, z_max + pad
+
+    def _check(self) -> None:
+        if self._released:
+            raise RenderError("this ModelRenderer was released")
+
+    def render(self, posed: PosedMesh, framing: Framing, lighting: Lighting | None = None) -> np.ndarray:
+        """Draw a posed mesh of this renderer's model and read it back.
+
+        Args:
+            posed: positions/normals (N,3) float32 in MMD space and MMD units,
+                uvs (N,2), materials after material morphs (diffuse, specular,
+                specular_power are used; same count and order as the model's),
+                optional material tints.
+            framing: camera and output size (:class:`Framing`).
+            lighting: lights; None: ``Lighting()`` (THA1 defaults).
+
+        Returns:
+            (framing.height, framing.width, 4) uint8 RGBA, straight alpha, row 0
+            at the top; pixels the model does not cover are exactly (0,0,0,0).
+            A new writable array each call.
+
+        Raises:
+            ValueError: array shapes or material count do not match the model,
+                non-finite positions.
+            RenderError: the renderer was released.
+        """
+        self._check()
+        lighting = lighting if lighting is not None else Lighting()
+        target = self._target(framing.width, framing.height)
+        positions = self._write_positions(posed.positions)
+        normals = np.ascontiguousarray(posed.normals, np.float32)
+        if normals.shape != (self.n_vertices, 3):
+            raise ValueError(f"normals have shape {normals.shape}, the model has {self.n_vertices} vertices")
+        if self.n_vertices:
+            self.nrm_buf.write(normals)
+        self._write_uvs(posed.uvs)
+        if self.n_vertices:
+            lo, hi = _bounds(positions)
+            z_range = self._padded(lo[2], hi[2], 0.01, 1e-3)
+        else:
+            z_range = (-1.0, 1.0)
+        self._set_frame(target, framing, lighting, z_range)
+        materials = posed.materials if posed.materials is not None else self.model.materials
+        self._draw_materials(False, materials, getattr(posed, "material_tint_mul", None),
+                             getattr(posed, "material_tint_add", None))
+        return self._resolve_and_read(target)
+
+    def _prepare_pose(self, pose: Pose | None):
+        """Morphs and forward kinematics on the CPU; uploads morphed rest
+        positions (changed rows), UVs (changed rows) and the bone texture, then
+        skins every vertex once on the GPU (transform feedback into the
+        skinned-vertex buffer). Returns (morph result, bone pose, GPU resources,
+        morphed positions (N,3) float32)."""
+        gpu = self._gpu_resources()
+        poser = self.poser
+        pose = pose if pose is not None else Pose()
+        morphed = poser.morph(pose)
+        bones = poser.bones(pose, morphed)
+        positions = self._write_positions(morphed.positions)
+        self._write_uvs(morphed.uvs)
+        nb = len(self.model.bones)
+        if nb:
+            m = bones.skinning_matrices()  # (B,4,4) float32, [R | s]
+            texels = np.empty((nb, 4, 4), np.float32)
+            texels[:, :3, :] = m[:, :3, :]
+            texels[:, 3, :] = bones.global_rotations
+            gpu["bone_tex"].write(texels)
+        if self.n_vertices:
+            # Some drivers (llvmpipe) skip draws, transform feedback included,
+            # while no complete framebuffer is bound.
+            self._target(self.preset.width, self.preset.height).out_fbo.use()
+            gpu["bone_tex"].use(2)
+            gpu["skin_vao"].transform(gpu["skinned"], mode=moderngl.POINTS, vertices=self.n_vertices)
+        return morphed, bones, gpu, positions
+
+    def render_pose(self, pose: Pose | None, framing: Framing, lighting: Lighting | None = None) -> np.ndarray:
+        """Pose this renderer's model with GPU skinning and draw it (the fast path).
+
+        Morphs and forward kinematics run on the CPU (this renderer's
+        :attr:`poser`), skinning in the vertex shader (reproducing
+        :func:`~mmdsynth.mmd.posing.pose_model`'s skinning in float32).
+
+        Args:
+            pose: a :class:`~mmdsynth.mmd.posing.Pose` (None: the rest pose).
+            framing, lighting: as :meth:`render`.
+
+        Returns:
+            The image, as :meth:`render`.
+
+        Raises:
+            KeyError: the pose names an unknown morph or bone.
+            ValueError: a bad pose value (see :meth:`Poser.pose`).
+            RenderError: the renderer was released or GPU resources failed.
+        """
+        self._check()
+        lighting = lighting if lighting is not None else Lighting()
+        target = self._target(framing.width, framing.height)
+        morphed, bones, gpu, positions = self._prepare_pose(pose)
+        z_range = self._skinned_z_range(positions, bones)
+        self._set_frame(target, framing, lighting, z_range)
+        self._draw_materials(True, morphed.materials, morphed.tint_mul, morphed.tint_add)
+        return self._resolve_and_read(target)
+
+    def _skinned_z_range(self, positions: np.ndarray, bones) -> tuple[float, float]:
+        """A depth range that encloses the GPU-skinned mesh: the morphed rest
+        bounding box's corners moved by every bone's skinning transform (a
+        linear blend stays inside the convex hull of these boxes), padded by a
+        quarter of the extent plus 1 unit for SDEF/QDEF."""
+        if not self.n_vertices:
+            return (-1.0, 1.0)
+        lo, hi = _bounds(positions)
+        corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
+        zs = [corners[:, 2]]
+        if len(self.model.bones):
+            rot = bones.rotation_matrices  # (B,3,3)
+            zs.append((np.einsum("bj,cj->bc", rot[:, 2, :], corners) + bones.skin_translations[:, 2:3]).ravel())
+        z = np.concatenate(zs)
+        return self._padded(float(z.min()), float(z.max()), 0.25, 1.0)
+
+    def skin_on_gpu(self, pose: Pose | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The GPU-skinned positions and normals of ``pose`` (what
+        :meth:`render_pose` draws), read back for comparison with
+        :func:`~mmdsynth.mmd.posing.pose_model`.
+
+        Returns (positions, normals), (N,3) float32 each, MMD space, MMD units.
+        Raises like :meth:`render_pose`.
+        """
+        self._check()
+        _, _, gpu, _ = self._prepare_pose(pose)
+        n = self.n_vertices
+        data = np.frombuffer(gpu["skinned"].read(size=n * 24), np.float32).reshape(n, 6)
+        return data[:, :3].copy(), data[:, 3:].copy()
+
+    def render_bare(self, framing: Framing) -> np.ndarray:
+        """The benchmark's baseline: one flat-shaded (constant colour), untextured
+        draw of all faces of the REST positions (already on the GPU) into the
+        same render target (same size, supersampling and MSAA) with depth test,
+        no culling and no blending, then the same resolve pass and read-back.
+        Returns the image like :meth:`render` (the rest silhouette in grey)."""
+        self._check()
+        ctx = self.ctx
+        target = self._target(framing.width, framing.height)
+        lo, hi = self.rest_bounds
+        z_min, z_max = self._padded(lo[2], hi[2], 0.01, 1e-3)
+        self.flat_prog["u_mvp"].write(np.ascontiguousarray(framing.mvp(z_min, z_max).T, np.float32).tobytes())
+        target.fbo.use()
+        ctx.viewport = (0, 0, target.fbo.width, target.fbo.height)
+        target.fbo.clear(0.0, 0.0, 0.0, 0.0, depth=1.0)
+        ctx.enable(moderngl.DEPTH_TEST)
+        ctx.disable(moderngl.BLEND | moderngl.CULL_FACE)
+        ctx.depth_func = "<"
+        self.flat_vao.render(moderngl.TRIANGLES, vertices=3 * self.n_faces)
+        return self._resolve_and_read(target)
+
+    # ------------------------------------------------------------------ lifetime
+
+    def release(self) -> None:
+        """Free this renderer's GL objects (idempotent); later calls raise RenderError."""
+        if self._released:
+            return
+        self._released = True
+        for target in self._targets.values():
+            for obj in target.objects:
+                obj.release()
+        self._targets.clear()
+        for obj in reversed(self._objects):
+            try:
+                obj.release()
+            except Exception:  # noqa: BLE001 - best effort
+                pass
+        self._objects.clear()
+        self._gpu = None
+
+    def __enter__(self) -> ModelRenderer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()

@@ -1,0 +1,228 @@
+"""The main job end to end on the example character: shards, determinism,
+resume after a real kill, node splitting, a broken model, and the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from mmdsynth.cli import main
+from mmdsynth.datasets.catalog import Catalog
+from mmdsynth.datasets.job import run_job
+from mmdsynth.datasets.shards import load_index, open_split
+from mmdsynth.datasets.spec import load_spec
+from mmdsynth.mmd.example import build_example_model, write_example
+from mmdsynth.mmd.pmx_write import save_pmx
+
+SPEC = """
+library = "{library}"
+output = "{output}"
+seed = 7
+shard_size = {shard_size}
+
+[lighting]
+ambient = [0.5, 1.2]
+
+[splits.train]
+examples = {train}
+models = "all"
+"""
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("lib")
+    example = write_example(root / "src" / "example")
+    lib = root / "library"
+    assert main(["add", str(lib), str(example)]) == 0
+    return lib
+
+
+def make_spec(tmp_path: Path, library: Path, out: str = "out", shard_size: int = 4, train: int = 12):
+    path = tmp_path / f"{out}.toml"
+    path.write_text(SPEC.format(library=library, output=tmp_path / out, shard_size=shard_size, train=train), encoding="utf-8")
+    return load_spec(path)
+
+
+def arrays(split_dir: Path) -> dict[str, dict[str, np.ndarray]]:
+    out = {}
+    for f in sorted(split_dir.glob("shard-*.h5")):
+        with h5py.File(f, "r") as h:
+            out[f.name] = {k: h[k][()] for k in ("rest", "morphed", "posed", "pose", "light", "model")}
+    return out
+
+
+def assert_same(a: dict, b: dict) -> None:
+    assert sorted(a) == sorted(b)
+    for name in a:
+        for key in a[name]:
+            np.testing.assert_array_equal(a[name][key], b[name][key], err_msg=f"{name}/{key}")
+
+
+@pytest.fixture(scope="module")
+def reference(library, tmp_path_factory):
+    """An uninterrupted in-process run: 12 examples in 3 shards."""
+    tmp = tmp_path_factory.mktemp("ref")
+    spec = make_spec(tmp, library)
+    report = run_job(spec, workers=0, progress=False)
+    return spec, report, arrays(tmp / "out" / "train")
+
+
+def test_shard_contents_and_attributes(reference):
+    spec, report, data = reference
+    assert len(report.shards_written) == 3 and report.examples == 12 and report.images == 24
+    assert sorted(data) == ["shard-00000.h5", "shard-00001.h5", "shard-00002.h5"]
+    with h5py.File(spec.output / "train" / "shard-00000.h5", "r") as h:
+        assert h["rest"].shape == (1, 256, 256, 4) and h["morphed"].shape == (4, 256, 256, 4)
+        assert h["morphed"].chunks == (1, 256, 256, 4) and h["morphed"].compression == "lzf"
+        assert h["pose"].dtype == np.float32 and h["pose"].shape == (4, 6)
+        assert h["light"].shape == (4, 2) and h["model"].dtype == np.int32
+        attrs = dict(h.attrs)
+        assert attrs["schema"] == "tha1" and list(attrs["parameter_names"]) == ["left_eye", "right_eye", "mouth", "head_x", "head_y", "neck_z"]
+        assert attrs["split"] == "train" and attrs["shard_index"] == 0 and attrs["seed"] == 7
+        assert "llvmpipe" in attrs["renderer"] or attrs["renderer"]
+        assert json.loads(attrs["spec"])["shard_size"] == 4 and attrs["format_version"] == 1
+    index = load_index(spec.output / "train")
+    assert index["examples"] == 12 and [s["examples"] for s in index["shards"]] == [4, 4, 4]
+    # Pixel facts: the background is exactly transparent; morphed and posed differ from rest.
+    for shard in data.values():
+        for images in (shard["rest"], shard["morphed"], shard["posed"]):
+            corners = images[:, :8, :8]
+            assert not corners.any()
+            assert (images[..., 3] == 255).sum() > 5000 * len(images)
+        # one model per shard: its lights are shared by the rest image and every example
+        assert np.all(shard["light"] == shard["light"][0])
+
+
+def test_examples_read_back_with_open_split(reference):
+    spec, _, data = reference
+    examples = open_split(spec.output, "train")
+    assert len(examples) == 12
+    ex = examples[5]
+    np.testing.assert_array_equal(ex["posed"], data["shard-00001.h5"]["posed"][1])
+    assert ex["pose"].shape == (6,) and ex["rest"].shape == (256, 256, 4)
+
+
+def test_same_spec_same_arrays_with_workers(reference, library, tmp_path):
+    spec = make_spec(tmp_path, library)
+    run_job(spec, workers=2, progress=False)
+    assert_same(reference[2], arrays(tmp_path / "out" / "train"))
+
+
+def test_rerun_keeps_complete_shards_and_redoes_corrupt_ones(reference, library, tmp_path):
+    spec = make_spec(tmp_path, library)
+    run_job(spec, workers=0, progress=False)
+    split = tmp_path / "out" / "train"
+    victim = split / "shard-00001.h5"
+    victim.write_bytes(victim.read_bytes()[:-1000])  # truncated
+    (split / "shard-00002.h5").unlink()
+    report = run_job(spec, workers=0, progress=False)
+    assert [p.name for p in report.shards_written] == ["shard-00001.h5", "shard-00002.h5"]
+    assert [p.name for p in report.shards_kept] == ["shard-00000.h5"]
+    assert_same(reference[2], arrays(split))
+
+
+def test_node_split_union_equals_single_run(reference, library, tmp_path):
+    spec = make_spec(tmp_path, library)
+    a = run_job(spec, workers=0, node_index=0, num_nodes=2, progress=False)
+    b = run_job(spec, workers=0, node_index=1, num_nodes=2, progress=False)
+    assert {p.name for p in a.shards_written}.isdisjoint({p.name for p in b.shards_written})
+    assert len(a.shards_written) + len(b.shards_written) == 3
+    assert_same(reference[2], arrays(tmp_path / "out" / "train"))
+
+
+def test_killed_run_resumes_to_the_same_arrays(reference, library, tmp_path):
+    spec_path = tmp_path / "kill.toml"
+    spec_path.write_text(SPEC.format(library=library, output=tmp_path / "out", shard_size=4, train=12), encoding="utf-8")
+    split = tmp_path / "out" / "train"
+    proc = subprocess.Popen([sys.executable, "-m", "mmdsynth", "render", str(spec_path), "--workers", "2", "--no-progress"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            if split.is_dir() and (list(split.glob(".shard-*.tmp")) or list(split.glob("shard-*.h5"))):
+                break
+            time.sleep(0.02)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the main process and its render workers
+        proc.wait()
+    finished = len(load_index(split)["shards"]) if split.is_dir() else 0
+    assert finished < 3, "the run ended before it could be killed"
+    report = run_job(load_spec(spec_path), workers=0, progress=False)
+    assert len(report.shards_written) == 3 - finished
+    assert_same(reference[2], arrays(split))
+    assert not list(split.glob(".shard-*.tmp"))
+
+
+def test_broken_model_is_recorded_and_the_run_goes_on(library, tmp_path):
+    lib = tmp_path / "library"
+    src = write_example(tmp_path / "src" / "example")
+    twin = build_example_model()
+    twin.name = "twin"
+    twin_path = src.parent / "twin.pmx"
+    save_pmx(twin, twin_path)
+    assert main(["add", str(lib), str(src), str(twin_path), "--group", "g"]) == 0
+    with Catalog.open(lib) as cat:
+        twin_id = next(r.id for r in cat.models() if r.name == "twin")
+        broken = cat.model_path(twin_id)
+    broken.write_bytes(broken.read_bytes()[:5000])  # the file breaks after it was catalogued
+    spec = make_spec(tmp_path, lib, train=8)
+    report = run_job(spec, workers=0, progress=False)
+    assert twin_id in report.failed and "MMDFormatError" in report.failed[twin_id]
+    index = load_index(spec.output / "train")
+    assert [f["model_id"] for f in index["failed"]] == [twin_id]
+    assert index["examples"] == 8
+    examples = open_split(spec.output, "train")
+    assert {examples[i]["model_id"] for i in range(len(examples))} != {twin_id}
+    assert all(examples[i]["model_id"] != twin_id for i in range(len(examples)))
+
+
+def test_cli_render_and_view(library, tmp_path, capsys):
+    spec = tmp_path / "cli.toml"
+    spec.write_text(SPEC.format(library=library, output=tmp_path / "out", shard_size=8, train=6), encoding="utf-8")
+    assert main(["render", str(spec), "--workers", "0", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "shards written: 1" in out and "examples rendered: 6" in out
+    sheet = tmp_path / "sheet.png"
+    assert main(["view", str(tmp_path / "out"), "--out", str(sheet), "--n", "4"]) == 0
+    from PIL import Image
+
+    with Image.open(sheet) as im:
+        assert im.mode in ("RGB", "RGBA") and im.width > 3 * 256 and im.height > 4 * 256
+
+
+def test_cli_render_bad_spec_is_one_line(tmp_path):
+    spec = tmp_path / "bad.toml"
+    spec.write_text('library = "nowhere"\nsurprise = 1\n[splits.train]\nexamples = 1\nmodels = "all"\n', encoding="utf-8")
+    proc = subprocess.run([sys.executable, "-m", "mmdsynth", "render", str(spec)], capture_output=True, text=True)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mmdsynth render: error:") and "Traceback" not in proc.stderr
+
+
+def test_bundled_demo_job(tmp_path, capsys):
+    """The steps of `make demo`, with the repository's examples/tha1-demo.toml
+    (copied so its relative paths land in tmp_path/demo-out)."""
+    from conftest import ROOT
+
+    (tmp_path / "examples").mkdir()
+    spec = tmp_path / "examples" / "tha1-demo.toml"
+    spec.write_text((ROOT / "examples" / "tha1-demo.toml").read_text(encoding="utf-8"), encoding="utf-8")
+    demo = tmp_path / "demo-out"
+    assert main(["example", str(demo / "example")]) == 0
+    assert main(["add", str(demo / "library"), str(demo / "example")]) == 0
+    assert main(["render", str(spec), "--no-progress"]) == 0
+    sheet = demo / "tha1-demo" / "train-sheet.png"
+    assert main(["view", str(demo / "tha1-demo"), "--split", "train", "--n", "12", "--out", str(sheet)]) == 0
+    assert sheet.is_file()
+    for split, n in (("train", 200), ("val", 40)):
+        assert load_index(demo / "tha1-demo" / split)["examples"] == n
