@@ -13,12 +13,10 @@ such split) is one line on stderr and exit status 2.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 __all__ = ["register", "run_view", "ViewError"]
 
-EXIT_BAD_INPUT = 2
 MAX_ROWS = 500
 
 
@@ -48,18 +46,15 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 def run_view(args: argparse.Namespace) -> int:
-    """Run ``mmdsynth view``; returns the exit status (0, or 2 with one line on stderr)."""
+    """Run ``mmdsynth view``: prints the PNG's path. Bad input raises
+    :class:`~mmdsynth.errors.UserError` (one line, exit 2 via the CLI)."""
     from mmdsynth.datasets.shards import ShardError
+    from mmdsynth.errors import UserError
 
     try:
         out = _view(args)
     except (ViewError, ShardError, ValueError) as exc:
-        print(f"mmdsynth view: error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except OSError as exc:
-        name = f"{exc.filename}: " if exc.filename is not None else ""
-        print(f"mmdsynth view: error: {name}{exc.strerror or exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        raise UserError(str(exc)) from None
     print(out)
     return 0
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 
 import numpy as np
 import pytest
@@ -19,7 +18,6 @@ from mmdsynth.datasets.contact_sheet import (
     sheet_layout,
 )
 from mmdsynth.mmd.schema import THA1
-from mmdsynth.view_cmd import register
 from test_shards import synth_image, write_shard, write_split
 
 NAMES = THA1.names
@@ -128,10 +126,9 @@ def test_save_sheet_is_atomic_png(tmp_path):
 
 
 def run_view(*argv) -> int:
-    parser = argparse.ArgumentParser(prog="mmdsynth")
-    register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["view", *map(str, argv)])
-    return args.func(args)
+    from mmdsynth.cli import main
+
+    return main(["view", *map(str, argv)])
 
 
 def test_view_a_dataset_folder_split_folder_and_shard(tmp_path, capsys):
