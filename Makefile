@@ -6,6 +6,9 @@ BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip
 # examples/tha1-demo.toml reads and writes here.
 DEMO_OUT := demo-out
+# torch must be installed with this exact pin BEFORE anything that depends on it:
+# the pin takes the local CPU wheel; any other spec pulls several GB of CUDA packages.
+TORCH_PIN := torch==2.13.0
 
 .PHONY: demo test venv clean
 
@@ -18,7 +21,8 @@ $(VENV)/.core: pyproject.toml | $(BIN)/python
 	touch $@
 
 $(VENV)/.dev: pyproject.toml | $(BIN)/python
-	$(PIP) install -q -e '.[dev]'
+	$(PIP) install -q $(TORCH_PIN)
+	$(PIP) install -q -e '.[dev,train]'
 	touch $@
 
 venv: $(VENV)/.dev
