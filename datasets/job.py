@@ -43,7 +43,7 @@ from tqdm import tqdm
 
 from .catalog import Catalog
 from .plan import HeadBounds, PlanModel, ShardPlan, SplitPlan, expression_only, plan_all, shards_for_node
-from .shards import ShardMeta, ShardWriter, load_index, shard_is_complete, update_index
+from .shards import ShardMeta, ShardWriter, encode_images, load_index, shard_is_complete, update_index
 from .spec import RenderSpec
 
 # Renderers a worker keeps (models appear in many shards; each costs GPU memory).
@@ -101,12 +101,16 @@ class Unit:
     max_angle: float
     rest_light: tuple[float, float]
     examples: tuple[tuple[int, np.ndarray, float, float], ...]
+    compression: str = "lzf"
+    compression_level: int | None = None
 
 
 @dataclass
 class UnitResult:
     """A rendered unit: the rest image, (position, morphed, posed) per example,
-    or ``error`` (one line) when the model could not be loaded or rendered."""
+    already compressed as shard chunks (:class:`~.shards.EncodedImage`: the
+    workers compress in parallel, the writer only copies bytes), or ``error``
+    (one line) when the model could not be loaded or rendered."""
 
     split: str
     shard: int
@@ -158,14 +162,18 @@ def render_unit(unit: Unit) -> UnitResult:
         schema = get_schema(unit.schema)
         assignment = unit.model.assignment
         result.renderer = renderer_label(renderer, renderer_string())
+        images = []
         if unit.chunk == 0:
-            result.rest = renderer.render_pose(None, framing, Lighting(*unit.rest_light))
-        for position, pose, ambient, directional in unit.examples:
+            images.append(renderer.render_pose(None, framing, Lighting(*unit.rest_light)))
+        for _, pose, ambient, directional in unit.examples:
             light = Lighting(ambient=ambient, directional=directional)
             expression = schema.to_pose(expression_only(schema, pose), assignment, unit.max_angle)
             full = schema.to_pose(pose, assignment, unit.max_angle)
-            result.images.append((position, renderer.render_pose(expression, framing, light),
-                                  renderer.render_pose(full, framing, light)))
+            images += [renderer.render_pose(expression, framing, light), renderer.render_pose(full, framing, light)]
+        encoded = encode_images(np.stack(images), unit.compression, unit.compression_level)
+        if unit.chunk == 0:
+            result.rest, encoded = encoded[0], encoded[1:]
+        result.images = [(position, encoded[2 * i], encoded[2 * i + 1]) for i, (position, *_) in enumerate(unit.examples)]
     except Exception as exc:  # any failure of one model must not stop the job
         result.error = f"{type(exc).__name__}: {exc}".splitlines()[0]
         result.rest, result.images = None, []
@@ -221,6 +229,7 @@ def _units(spec: RenderSpec, shard: ShardPlan) -> list[Unit]:
                 rest_light=(float(exs[0].ambient), float(exs[0].directional)),
                 examples=tuple((e.position, np.asarray(e.pose, np.float32), float(e.ambient), float(e.directional))
                                for e in exs[start:start + UNIT_EXAMPLES]),
+                compression=spec.compression, compression_level=spec.compression_level,
             ))
     return units
 

@@ -242,6 +242,58 @@ def _utc_now() -> str:
 # ============================================================================= writing
 
 
+@dataclass(frozen=True)
+class EncodedImage:
+    """One image already compressed as a shard chunk (see :func:`encode_images`):
+    ``data`` the chunk bytes, ``filter_mask`` HDF5's per-chunk filter mask,
+    ``shape`` (H, W, 4), ``compression`` the codec name (:func:`codec_name`)."""
+
+    data: bytes
+    filter_mask: int
+    shape: tuple[int, int, int]
+    compression: str
+
+
+def codec_name(compression: str, compression_level: int | None = None) -> str:
+    """``"lzf"`` or ``"gzip-N"`` (N defaults to 4, as in :class:`ShardWriter`)."""
+    if compression == "gzip":
+        return f"gzip-{4 if compression_level is None else int(compression_level)}"
+    return compression
+
+
+def encode_images(images: np.ndarray, compression: str = "lzf", compression_level: int | None = None) -> list[EncodedImage]:
+    """Compress (K,H,W,4) uint8 images into shard chunks, in memory, with the
+    same filter pipeline a :class:`ShardWriter` uses, so render workers do the
+    compression in parallel and the writer only copies bytes
+    (``write_direct_chunk``). Raises ValueError for a bad array or codec."""
+    images = np.ascontiguousarray(images)
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 4:
+        raise ValueError(f"images must be (K, H, W, 4) uint8, got {images.shape} {images.dtype}")
+    if compression not in ("lzf", "gzip"):
+        raise ValueError(f"compression must be 'lzf' or 'gzip', got {compression!r}")
+    level = (4 if compression_level is None else int(compression_level)) if compression == "gzip" else None
+    k, h, w, _ = images.shape
+    out = []
+    name = f"mmdsynth-encode-{os.getpid()}-{id(images)}.h5"
+    with h5py.File(name, "w", driver="core", backing_store=False) as f:
+        ds = f.create_dataset("x", shape=images.shape, dtype=np.uint8, chunks=(1, h, w, 4),
+                              compression=compression, compression_opts=level)
+        for i in range(k):
+            ds[i] = images[i]
+        for i in range(k):
+            mask, data = ds.id.read_direct_chunk((i, 0, 0, 0))
+            out.append(EncodedImage(bytes(data), int(mask), (h, w, 4), codec_name(compression, level)))
+    return out
+
+
+def _put(ds: h5py.Dataset, row: int, image) -> None:
+    """Store one image (an array, or an :class:`EncodedImage` chunk) at ``row``."""
+    if isinstance(image, EncodedImage):
+        ds.id.write_direct_chunk((row, 0, 0, 0), image.data, image.filter_mask)
+    else:
+        ds[row] = image
+
+
 class ShardWriter:
     """Write one shard file, atomically.
 
@@ -252,7 +304,9 @@ class ShardWriter:
             w.add_example(m, pose, morphed, posed, ambient, directional)   # N times
         info = w.info          # ShardInfo (sha256, size...) once closed
 
-    Images are (H, W, 4) uint8 RGBA (H, W from ``meta.image_size``); poses
+    Images are (H, W, 4) uint8 RGBA (H, W from ``meta.image_size``), or
+    :class:`EncodedImage` chunks made by :func:`encode_images` with this
+    writer's codec (copied as they are, without recompressing); poses
     (P,) finite numbers within the meta's parameter ranges; light magnitudes
     finite and >= 0. Examples may come in any order when ``position`` is given
     (the example's row, e.g. ``ExamplePlan.position``); without it they fill
@@ -291,6 +345,7 @@ class ShardWriter:
         self.compression_level = compression_level
         self.info: ShardInfo | None = None
         self._h, self._w = (int(v) for v in meta.image_size)
+        self._codec = codec_name(compression, compression_level)
         self._ranges = np.asarray(meta.parameter_ranges, np.float64).reshape(-1, 2)
         self._p = len(meta.parameter_names)
 
@@ -348,7 +403,12 @@ class ShardWriter:
         if self._file is None:
             raise ValueError(f"{self.path}: shard writer is closed")
 
-    def _check_image(self, image, what: str) -> np.ndarray:
+    def _check_image(self, image, what: str):
+        if isinstance(image, EncodedImage):
+            if image.shape != (self._h, self._w, 4) or image.compression != self._codec:
+                raise ValueError(f"{what} was encoded as {image.shape} {image.compression}, "
+                                 f"this shard stores ({self._h}, {self._w}, 4) {self._codec}")
+            return image
         a = np.asarray(image)
         if a.dtype != np.uint8 or a.shape != (self._h, self._w, 4):
             raise ValueError(f"{what} must be a ({self._h}, {self._w}, 4) uint8 RGBA image, got {a.shape} {a.dtype}")
@@ -371,7 +431,7 @@ class ShardWriter:
         rest = self._check_image(rest, f"rest image of model {model_id!r}")
         m = len(self._models)
         self._rest.resize(m + 1, axis=0)
-        self._rest[m] = rest
+        _put(self._rest, m, rest)
         self._models.append((str(model_id), str(name), str(path)))
         self._model_ids.append(model_id)
         self._rest_light.append(rest_light)
@@ -410,8 +470,8 @@ class ShardWriter:
             raise ValueError(f"light magnitudes must be finite and >= 0, got ambient={ambient!r}, directional={directional!r}")
         morphed = self._check_image(morphed, "morphed image")
         posed = self._check_image(posed, "posed image")
-        self._morphed[position] = morphed
-        self._posed[position] = posed
+        _put(self._morphed, position, morphed)
+        _put(self._posed, position, posed)
         self._model[position] = model
         self._pose[position] = p
         self._light[position] = light

@@ -496,3 +496,23 @@ def test_concurrent_index_updates_lose_nothing(tmp_path):
     index = S.load_index(tmp_path)
     assert len(index["shards"]) == 32 and index["examples"] == 32
     assert not any(p.name.endswith(".tmp") for p in tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("compression, level", [("lzf", None), ("gzip", 1)])
+def test_pre_encoded_chunks_read_back_exactly(tmp_path, compression, level):
+    rng = np.random.default_rng(3)
+    images = np.stack([synth_image(rng) for _ in range(5)])
+    encoded = S.encode_images(images, compression, level)
+    assert len(encoded) == 5 and all(len(e.data) < images[0].nbytes for e in encoded)
+    path = tmp_path / "enc.h5"
+    with S.ShardWriter(path, make_meta(), num_examples=2, compression=compression, compression_level=level) as w:
+        m = w.add_model("a", "A", "a/a.pmx", encoded[0], light=(1.0, 0.5))
+        w.add_example(m, np.zeros(6), encoded[1], encoded[2], 1.0, 0.5)
+        w.add_example(m, np.zeros(6), images[3], encoded[4], 1.0, 0.5)  # arrays and chunks mix
+    with h5py.File(path, "r") as f:
+        np.testing.assert_array_equal(f["rest"][0], images[0])
+        np.testing.assert_array_equal(f["morphed"][()], images[[1, 3]])
+        np.testing.assert_array_equal(f["posed"][()], images[[2, 4]])
+    with pytest.raises(ValueError, match="encoded as"):
+        with S.ShardWriter(tmp_path / "x.h5", make_meta(), num_examples=1, compression="gzip", compression_level=9) as w:
+            w.add_model("a", "A", "a", encoded[0], light=(1.0, 0.5))
