@@ -101,8 +101,8 @@ class Unit:
     max_angle: float
     rest_light: tuple[float, float]
     examples: tuple[tuple[int, np.ndarray, float, float], ...]
-    compression: str = "lzf"
-    compression_level: int | None = None
+    compression: str = "gzip"
+    compression_level: int | None = 1
 
 
 @dataclass

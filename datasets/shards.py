@@ -23,7 +23,7 @@ dataset        shape        dtype   meaning
 
 Images are RGBA with straight alpha, row 0 at the top, (0, 0, 0, 0) where the
 character is not (DESIGN.md "Images"). Image datasets are chunked one image
-per chunk ``(1, H, W, 4)`` and compressed with lzf (default) or gzip; the
+per chunk ``(1, H, W, 4)`` and compressed with gzip (the render spec's default, level 1) or lzf; the
 small datasets are contiguous. Model ids are stored as text; the attribute
 ``model_id_type`` (``"int"`` or ``"str"``) says how to read them back
 (:class:`ShardedExamples` does).

@@ -80,8 +80,8 @@ def test_defaults(tmp_path):
     spec = load_spec(write_spec(tmp_path, MINIMAL, name="my-data.toml"))
     assert spec.preset == "tha1" and spec.schema == "tha1"
     assert spec.max_angle == 15.0 and spec.seed == 0 and spec.shard_size == 1000
-    assert spec.compression == "lzf" and spec.compression_level is None
-    assert spec.h5_compression == ("lzf", None)
+    assert spec.compression == "gzip" and spec.compression_level == 1
+    assert spec.h5_compression == ("gzip", 1)
     assert spec.accept_auto_annotations is True
     assert spec.lighting.ambient == ValueRange(0.5, 1.2)
     assert spec.lighting.directional == ValueRange(0.5, 0.5)
@@ -92,7 +92,7 @@ def test_defaults(tmp_path):
 
 def test_gzip_level(tmp_path):
     spec = load_spec(write_spec(tmp_path, 'compression = "gzip"\n' + MINIMAL))
-    assert spec.h5_compression == ("gzip", 4)
+    assert spec.h5_compression == ("gzip", 1)
     spec = load_spec(write_spec(tmp_path, 'compression = "gzip"\ncompression_level = 9\n' + MINIMAL))
     assert spec.h5_compression == ("gzip", 9)
 
@@ -155,8 +155,8 @@ def test_wrong_types(tmp_path, line, expected):
         ("max_angle = 120", "max_angle = 120 is out of range"),
         ('preset = "tha9"', "preset = 'tha9' is not one of 'tha1', 'tha3'"),
         ('schema = "tha3x"', "schema = 'tha3x' is not one of"),
-        ('compression = "zstd"', "compression = 'zstd' is not one of 'lzf', 'gzip'"),
-        ("compression_level = 3", "compression_level only applies to compression = \"gzip\""),
+        ('compression = "zstd"', "compression = 'zstd' is not one of 'gzip', 'lzf'"),
+        ('compression = "lzf"\ncompression_level = 3', "compression_level only applies to compression = \"gzip\""),
         ('compression = "gzip"\ncompression_level = 10', "compression_level = 10 is out of range (0..9)"),
     ],
 )
