@@ -51,6 +51,55 @@ later issues can add values (the THA3 slots, ...) without rebuilding tables.
 groups are left to the curation issue's migration (their shape -- exact or
 near groups, scores, review decisions -- belongs there).
 
+Version 2 (curation: ``mmdsynth scan``, ``dedup``, ``split``)
+=============================================================
+
+Appended by :data:`MIGRATIONS` ``[1]``; no version-1 table changes.
+
+``scan_sources`` -- one row per archive or loose model file ``mmdsynth scan``
+has handled (what makes a rerun skip it)::
+
+    path          TEXT PRIMARY KEY   absolute path of the archive / model file
+    kind          TEXT               'archive' | 'model'
+    size, mtime_ns INTEGER           of the file when it was scanned
+    sha256        TEXT               of the file's bytes (a byte-identical archive
+                                     found under another name is not extracted again)
+    source_group  TEXT               the group its models went to
+    target        TEXT               library-relative folder it was extracted /
+                                     copied to ('' when nothing was kept)
+    state         TEXT               'extracted' (models not all recorded yet),
+                                     'done', 'refused' (unsafe or over a limit),
+                                     'error' (unreadable)
+    message       TEXT               why (one line; several joined by ' | ')
+    models, bytes INTEGER            model files found, bytes extracted
+    scanned_at    TEXT               ISO 8601 UTC
+
+``model_files`` -- every model file scan found in the library, keyed by its
+library-relative ``path``, with ``model_id`` = sha256 of its bytes: a byte copy
+of a catalog model has a row here but no ``models`` row of its own (the ids
+are the sha256), which is how ``dedup`` reports exact byte copies.
+
+``model_features`` -- per model (``ON DELETE CASCADE``): ``geometry_hash``
+(positions and faces, quantised; see :mod:`.dedup`), ``stats`` (JSON),
+``version`` (of that part); ``head_hash``/``body_hash`` (64-bit perceptual
+hashes of front renders, 16 hex digits), ``color`` (JSON histogram),
+``image_version`` (NULL until rendered), ``note``, ``updated_at``.
+
+``duplicate_pairs`` -- the last ``dedup`` run's candidate pairs
+(``model_a < model_b``, ``kind`` 'geometry' | 'near', ``distance`` in [0, 1],
+``linked`` 1 when within the run's threshold, ``detail`` JSON with the
+distance components). Replaced on every run.
+
+``duplicate_decisions`` -- per model: ``decision`` 'keep' | 'duplicate',
+``duplicate_of`` (the kept model), ``origin`` 'auto' | 'human', ``updated_at``;
+``distinct_pairs`` -- (``model_a < model_b``, ``origin``, ``updated_at``): "these
+two are not duplicates". Decisions follow the annotation rules below (``auto``
+never replaces ``human``) and are never touched by a dedup re-run, which only
+replaces ``duplicate_pairs`` (and its own ``auto`` decisions). A ``duplicate``
+decision sets the model's status to ``duplicate`` (so the render job, which
+takes status ``ok`` only, skips it); clearing it or deciding ``keep`` puts a
+``duplicate`` model back to ``ok``.
+
 Durability and concurrency
 ==========================
 
@@ -96,7 +145,7 @@ import math
 import numbers
 import os
 import sqlite3
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import astuple, dataclass, field, fields
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -122,6 +171,11 @@ __all__ = [
     "CatalogError",
     "ImportReport",
     "ModelRecord",
+    "DUPLICATE_DECISIONS",
+    "DuplicateDecision",
+    "DuplicatePair",
+    "ModelFeatures",
+    "ScanSource",
     "check_value",
     "normalize_timestamp",
     "now_timestamp",
@@ -208,6 +262,81 @@ class ImportReport:
     missing: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class ScanSource:
+    """One ``scan_sources`` row (schema v2): an archive or loose model file that
+    ``mmdsynth scan`` handled. See the module docstring for the fields."""
+
+    path: str
+    kind: str
+    size: int = 0
+    mtime_ns: int = 0
+    sha256: str = ""
+    group: str = ""
+    target: str = ""
+    state: str = "done"
+    message: str = ""
+    models: int = 0
+    bytes: int = 0
+    scanned_at: str = ""
+
+
+@dataclass(frozen=True)
+class ModelFeatures:
+    """One ``model_features`` row (schema v2): what :mod:`.dedup` compares.
+
+    ``geometry_hash``: hex digest of the quantised mesh (None: no faces);
+    ``stats``: dict of simple geometry numbers; ``version``: of those two.
+    ``head_hash``/``body_hash``: 64-bit perceptual hashes (16 hex digits) of
+    front renders, None when not rendered; ``color``: list of floats (colour
+    histogram of the body render) or None; ``image_version``: None until the
+    renders were hashed."""
+
+    model_id: str
+    geometry_hash: str | None = None
+    stats: dict = field(default_factory=dict)
+    version: int = 0
+    head_hash: str | None = None
+    body_hash: str | None = None
+    color: list | None = None
+    image_version: int | None = None
+    note: str = ""
+    updated_at: str = ""
+
+
+@dataclass(frozen=True)
+class DuplicatePair:
+    """A candidate pair of the last dedup run (``model_a < model_b``).
+
+    ``kind``: ``'geometry'`` (same quantised mesh) or ``'near'`` (perceptual and
+    statistics distance); ``distance`` in [0, 1] (0 for geometry pairs);
+    ``linked``: within the run's threshold, i.e. an edge of a duplicate group;
+    ``detail``: the distance components (dict)."""
+
+    model_a: str
+    model_b: str
+    kind: str
+    distance: float
+    linked: bool = True
+    detail: dict = field(default_factory=dict)
+
+
+class DuplicateDecision(NamedTuple):
+    """A stored duplicate decision of one model: ``decision`` ``'keep'`` or
+    ``'duplicate'`` (of ``duplicate_of``), ``origin`` ``'auto'``/``'human'``,
+    ``updated_at`` ISO 8601 UTC."""
+
+    decision: str
+    duplicate_of: str | None
+    origin: str
+    updated_at: str
+
+
+DUPLICATE_DECISIONS = ("keep", "duplicate")
+SCAN_STATES = ("extracted", "done", "refused", "error")
+SCAN_KINDS = ("archive", "model")
+
+
 # ---------------------------------------------------------------------------
 # Schema and migrations
 # ---------------------------------------------------------------------------
@@ -248,10 +377,75 @@ _V1 = (
     f"PRAGMA application_id = {APPLICATION_ID}",
 )
 
+_V2 = (
+    """CREATE TABLE scan_sources (
+        path          TEXT PRIMARY KEY NOT NULL,
+        kind          TEXT NOT NULL,
+        size          INTEGER NOT NULL DEFAULT 0,
+        mtime_ns      INTEGER NOT NULL DEFAULT 0,
+        sha256        TEXT NOT NULL DEFAULT '',
+        source_group  TEXT NOT NULL DEFAULT '',
+        target        TEXT NOT NULL DEFAULT '',
+        state         TEXT NOT NULL,
+        message       TEXT NOT NULL DEFAULT '',
+        models        INTEGER NOT NULL DEFAULT 0,
+        bytes         INTEGER NOT NULL DEFAULT 0,
+        scanned_at    TEXT NOT NULL
+    ) WITHOUT ROWID""",
+    "CREATE INDEX scan_sources_sha256 ON scan_sources (sha256)",
+    """CREATE TABLE model_files (
+        path          TEXT PRIMARY KEY NOT NULL,
+        model_id      TEXT NOT NULL,
+        source_path   TEXT NOT NULL DEFAULT '',
+        scanned_at    TEXT NOT NULL
+    ) WITHOUT ROWID""",
+    "CREATE INDEX model_files_model ON model_files (model_id)",
+    """CREATE TABLE model_features (
+        model_id      TEXT PRIMARY KEY NOT NULL REFERENCES models (id) ON DELETE CASCADE,
+        geometry_hash TEXT,
+        stats         TEXT NOT NULL DEFAULT '{}',
+        version       INTEGER NOT NULL DEFAULT 0,
+        head_hash     TEXT,
+        body_hash     TEXT,
+        color         TEXT,
+        image_version INTEGER,
+        note          TEXT NOT NULL DEFAULT '',
+        updated_at    TEXT NOT NULL
+    ) WITHOUT ROWID""",
+    "CREATE INDEX model_features_geometry ON model_features (geometry_hash)",
+    """CREATE TABLE duplicate_pairs (
+        model_a   TEXT NOT NULL REFERENCES models (id) ON DELETE CASCADE,
+        model_b   TEXT NOT NULL REFERENCES models (id) ON DELETE CASCADE,
+        kind      TEXT NOT NULL,
+        distance  REAL NOT NULL,
+        linked    INTEGER NOT NULL DEFAULT 1,
+        detail    TEXT NOT NULL DEFAULT '{}',
+        PRIMARY KEY (model_a, model_b),
+        CHECK (model_a < model_b)
+    ) WITHOUT ROWID""",
+    "CREATE INDEX duplicate_pairs_b ON duplicate_pairs (model_b)",
+    """CREATE TABLE duplicate_decisions (
+        model_id      TEXT PRIMARY KEY NOT NULL REFERENCES models (id) ON DELETE CASCADE,
+        decision      TEXT NOT NULL CHECK (decision IN ('keep', 'duplicate')),
+        duplicate_of  TEXT REFERENCES models (id) ON DELETE SET NULL,
+        origin        TEXT NOT NULL CHECK (origin IN ('auto', 'human')),
+        updated_at    TEXT NOT NULL
+    ) WITHOUT ROWID""",
+    """CREATE TABLE distinct_pairs (
+        model_a     TEXT NOT NULL REFERENCES models (id) ON DELETE CASCADE,
+        model_b     TEXT NOT NULL REFERENCES models (id) ON DELETE CASCADE,
+        origin      TEXT NOT NULL CHECK (origin IN ('auto', 'human')),
+        updated_at  TEXT NOT NULL,
+        PRIMARY KEY (model_a, model_b),
+        CHECK (model_a < model_b)
+    ) WITHOUT ROWID""",
+    "CREATE INDEX distinct_pairs_b ON distinct_pairs (model_b)",
+)
+
 Migration = Sequence[str] | Callable[[sqlite3.Connection], None]
 
 #: ``MIGRATIONS[i]`` upgrades version ``i`` to ``i + 1``. Append, never edit.
-MIGRATIONS: list[Migration] = [_V1]
+MIGRATIONS: list[Migration] = [_V1, _V2]
 
 
 def _schema_version() -> int:
@@ -325,6 +519,17 @@ _MODEL_COLUMNS = (
     "id, path, format, name, source_group, status, reason, vertices, faces, morphs, "
     "file_size, name_en, source_path, notes, split, added_at, updated_at"
 )
+
+
+_SCAN_COLUMNS = "path, kind, size, mtime_ns, sha256, source_group, target, state, message, models, bytes, scanned_at"
+_FEATURE_COLUMNS = ("model_id, geometry_hash, stats, version, head_hash, body_hash, color, image_version, note, updated_at")
+
+
+def _features(row: Sequence[Any]) -> ModelFeatures:
+    model_id, geometry_hash, stats, version, head, body, color, image_version, note, updated_at = row
+    return ModelFeatures(model_id, geometry_hash, json.loads(stats or "{}"), version, head, body,
+                         json.loads(color) if color else None, image_version, note, updated_at)
+
 
 
 assert [f.name for f in fields(ModelRecord)] == [c.strip().replace("source_group", "group") for c in _MODEL_COLUMNS.split(",")]
@@ -923,6 +1128,277 @@ class Catalog:
             return self.merge_document(doc)
         except CatalogError as exc:
             raise CatalogError(f"{path}: {exc}") from None
+
+
+    # -- curation (schema v2): scan bookkeeping --------------------------------
+
+    def scan_source(self, path: str | os.PathLike) -> ScanSource | None:
+        """The ``scan_sources`` row of ``path`` (absolute source path), or None."""
+        row = self._conn.execute(f"SELECT {_SCAN_COLUMNS} FROM scan_sources WHERE path = ?", (str(path),)).fetchone()
+        return ScanSource(*row) if row else None
+
+    def scan_source_by_sha256(self, sha256: str, kind: str = "archive") -> ScanSource | None:
+        """A handled source (state ``extracted`` or ``done``) of ``kind`` whose bytes
+        have this sha256, or None (the first by path)."""
+        row = self._conn.execute(
+            f"SELECT {_SCAN_COLUMNS} FROM scan_sources WHERE sha256 = ? AND kind = ? AND state IN ('extracted', 'done') "
+            "ORDER BY path LIMIT 1", (sha256, kind)).fetchone()
+        return ScanSource(*row) if row else None
+
+    def scan_sources(self, state: str | None = None) -> list[ScanSource]:
+        """All ``scan_sources`` rows (with ``state`` when given), by path."""
+        sql = f"SELECT {_SCAN_COLUMNS} FROM scan_sources"
+        rows = self._conn.execute(sql + (" WHERE state = ? ORDER BY path" if state else " ORDER BY path"),
+                                  (state,) if state else ())
+        return [ScanSource(*r) for r in rows]
+
+    def record_scan_source(self, source: ScanSource) -> None:
+        """Insert or replace the ``scan_sources`` row of ``source.path``
+        (``scanned_at`` defaults to now; ``message`` is made one line).
+
+        Raises ValueError for an unknown ``kind`` or ``state``."""
+        if source.kind not in SCAN_KINDS:
+            raise ValueError(f"unknown scan source kind {source.kind!r} (known: {', '.join(SCAN_KINDS)})")
+        if source.state not in SCAN_STATES:
+            raise ValueError(f"unknown scan state {source.state!r} (known: {', '.join(SCAN_STATES)})")
+        values = list(astuple(source))
+        values[8] = _one_line(source.message)
+        values[-1] = source.scanned_at or now_timestamp()
+        with self.transaction():
+            self._conn.execute(f"INSERT OR REPLACE INTO scan_sources ({_SCAN_COLUMNS}) VALUES ({', '.join('?' * len(values))})",
+                               values)
+
+    def record_model_file(self, path: str, model_id: str, source_path: str = "") -> None:
+        """Remember that the library file ``path`` (relative, '/' separators)
+        holds the model bytes with sha256 ``model_id`` (a catalog model or a byte
+        copy of one). Replaces an earlier row of the same path."""
+        if "\\" in path or path.startswith("/") or ".." in path.split("/"):
+            raise ValueError(f"model file path {path!r} must be relative to the library, with '/' separators")
+        with self.transaction():
+            self._conn.execute("INSERT OR REPLACE INTO model_files (path, model_id, source_path, scanned_at) VALUES (?, ?, ?, ?)",
+                               (path, model_id, source_path, now_timestamp()))
+
+    def model_file_paths(self) -> set[str]:
+        """Library-relative paths of every recorded model file."""
+        return {r[0] for r in self._conn.execute("SELECT path FROM model_files")}
+
+    def model_files(self, model_id: str | None = None) -> list[tuple[str, str, str]]:
+        """``(path, model_id, source_path)`` of recorded model files (of one
+        model id when given), by path."""
+        if model_id is None:
+            return list(self._conn.execute("SELECT path, model_id, source_path FROM model_files ORDER BY path"))
+        return list(self._conn.execute("SELECT path, model_id, source_path FROM model_files WHERE model_id = ? ORDER BY path",
+                                       (model_id,)))
+
+    def byte_copies(self) -> dict[str, list[str]]:
+        """Exact byte copies: ``{model_id: [library paths]}`` for every catalog
+        model of which scan found more than one file (the catalog path first).
+        A copy never gets a catalog row of its own (the id is the sha256)."""
+        out: dict[str, list[str]] = {}
+        rows = self._conn.execute(
+            "SELECT f.model_id, f.path, m.path FROM model_files f JOIN models m ON m.id = f.model_id ORDER BY f.model_id, f.path")
+        for model_id, path, main in rows:
+            paths = out.setdefault(model_id, [main])
+            if path not in paths:
+                paths.append(path)
+        return {k: v for k, v in out.items() if len(v) > 1}
+
+    # -- curation (schema v2): features ----------------------------------------
+
+    def features(self, model_ids: Sequence[str] | None = None) -> dict[str, ModelFeatures]:
+        """``{model_id: ModelFeatures}`` of the models that have a features row
+        (all, or those in ``model_ids``)."""
+        rows = self._conn.execute(f"SELECT {_FEATURE_COLUMNS} FROM model_features")
+        wanted = set(model_ids) if model_ids is not None else None
+        out = {}
+        for row in rows:
+            if wanted is not None and row[0] not in wanted:
+                continue
+            out[row[0]] = _features(row)
+        return out
+
+    def set_geometry_features(self, model_id: str, geometry_hash: str | None, stats: Mapping[str, Any], version: int) -> None:
+        """Store a model's geometry hash and statistics (keeps its image hashes).
+        KeyError for an unknown model id."""
+        with self.transaction():
+            self._require(model_id)
+            now = now_timestamp()
+            self._conn.execute(
+                "INSERT INTO model_features (model_id, geometry_hash, stats, version, updated_at) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (model_id) DO UPDATE SET geometry_hash = excluded.geometry_hash, stats = excluded.stats, "
+                "version = excluded.version, updated_at = excluded.updated_at",
+                (model_id, geometry_hash, json.dumps(dict(stats), sort_keys=True), int(version), now))
+
+    def set_image_features(self, model_id: str, head_hash: str | None, body_hash: str | None,
+                           color: Sequence[float] | None, image_version: int, note: str = "") -> None:
+        """Store a model's perceptual hashes (16 hex digits or None) and colour
+        histogram (keeps its geometry part). KeyError for an unknown model id."""
+        with self.transaction():
+            self._require(model_id)
+            self._conn.execute(
+                "INSERT INTO model_features (model_id, head_hash, body_hash, color, image_version, note, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (model_id) DO UPDATE SET head_hash = excluded.head_hash, "
+                "body_hash = excluded.body_hash, color = excluded.color, image_version = excluded.image_version, "
+                "note = excluded.note, updated_at = excluded.updated_at",
+                (model_id, head_hash, body_hash, None if color is None else json.dumps([round(float(c), 6) for c in color]),
+                 int(image_version), _one_line(note), now_timestamp()))
+
+    # -- curation (schema v2): duplicate pairs and decisions ----------------------
+
+    def replace_duplicate_pairs(self, pairs: Iterable[DuplicatePair], run: Mapping[str, Any] | None = None) -> int:
+        """Replace the stored candidate pairs with ``pairs`` (one transaction)
+        and record ``run`` (the parameters of the dedup run, JSON) in ``meta``
+        under ``dedup_run``. Decisions are not touched. Returns the count.
+
+        Raises ValueError for a pair that is not ``model_a < model_b``."""
+        rows = []
+        for p in pairs:
+            if not p.model_a < p.model_b:
+                raise ValueError(f"duplicate pair ({p.model_a}, {p.model_b}) must have model_a < model_b")
+            rows.append((p.model_a, p.model_b, p.kind, float(p.distance), int(bool(p.linked)),
+                         json.dumps(p.detail, sort_keys=True)))
+        with self.transaction():
+            self._conn.execute("DELETE FROM duplicate_pairs")
+            self._conn.executemany(
+                "INSERT INTO duplicate_pairs (model_a, model_b, kind, distance, linked, detail) VALUES (?, ?, ?, ?, ?, ?)", rows)
+            if run is not None:
+                self._conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('dedup_run', ?)",
+                                   (json.dumps(dict(run), sort_keys=True),))
+        return len(rows)
+
+    def duplicate_pairs(self, linked_only: bool = False) -> list[DuplicatePair]:
+        """The stored candidate pairs of the last dedup run (sorted)."""
+        sql = "SELECT model_a, model_b, kind, distance, linked, detail FROM duplicate_pairs"
+        if linked_only:
+            sql += " WHERE linked = 1"
+        return [DuplicatePair(a, b, k, d, bool(lk), json.loads(det or "{}"))
+                for a, b, k, d, lk, det in self._conn.execute(sql + " ORDER BY model_a, model_b")]
+
+    def dedup_run(self) -> dict[str, Any] | None:
+        """The parameters the last dedup run recorded, or None."""
+        row = self._conn.execute("SELECT value FROM meta WHERE key = 'dedup_run'").fetchone()
+        return json.loads(row[0]) if row else None
+
+    def duplicate_decisions(self) -> dict[str, DuplicateDecision]:
+        """Every model's duplicate decision: ``{model_id: DuplicateDecision}``."""
+        return {r[0]: DuplicateDecision(*r[1:]) for r in self._conn.execute(
+            "SELECT model_id, decision, duplicate_of, origin, updated_at FROM duplicate_decisions")}
+
+    def duplicate_decision(self, model_id: str) -> DuplicateDecision | None:
+        """The model's duplicate decision, or None."""
+        row = self._conn.execute("SELECT decision, duplicate_of, origin, updated_at FROM duplicate_decisions WHERE model_id = ?",
+                                 (model_id,)).fetchone()
+        return DuplicateDecision(*row) if row else None
+
+    def set_duplicate_decision(self, model_id: str, decision: str, duplicate_of: str | None = None,
+                               origin: str = "human", updated_at: str | datetime | None = None) -> bool:
+        """Record that ``model_id`` is kept or is a duplicate of ``duplicate_of``.
+
+        Precedence as for annotations: ``auto`` never replaces ``human``;
+        ``human`` replaces ``auto``; same origin: a live change (no
+        ``updated_at``) wins, an explicit timestamp only when strictly newer.
+
+        Side effect (same transaction): ``'duplicate'`` sets the model's status
+        to ``duplicate`` (reason ``duplicate of <id>``) when it is ``ok`` or
+        ``duplicate``; ``'keep'`` puts a ``duplicate`` model back to ``ok``.
+        Models with another status (error, not_character, unusable) keep it.
+
+        Returns True when the decision changed.
+
+        Raises:
+            ValueError: unknown decision/origin; ``duplicate`` without
+                ``duplicate_of`` or of itself; ``keep`` with ``duplicate_of``.
+            KeyError: unknown model id (either one).
+        """
+        if decision not in DUPLICATE_DECISIONS:
+            raise ValueError(f"unknown duplicate decision {decision!r} (known: {', '.join(DUPLICATE_DECISIONS)})")
+        if origin not in ORIGINS:
+            raise ValueError(f"unknown origin {origin!r} (known: {', '.join(ORIGINS)})")
+        if decision == "duplicate" and (not duplicate_of or duplicate_of == model_id):
+            raise ValueError("a 'duplicate' decision needs duplicate_of, another model's id")
+        if decision == "keep" and duplicate_of is not None:
+            raise ValueError("a 'keep' decision takes no duplicate_of")
+        explicit = updated_at is not None
+        stamp = normalize_timestamp(updated_at) if explicit else None
+        with self.transaction():
+            self._require(model_id)
+            if duplicate_of is not None:
+                self._require(duplicate_of)
+            old = self.duplicate_decision(model_id)
+            now = now_timestamp()
+            when = stamp if explicit else now
+            if old is not None:
+                if old.origin == "human" and origin == "auto":
+                    return False
+                if old.origin == origin:
+                    if old.decision == decision and old.duplicate_of == duplicate_of:
+                        return False
+                    if explicit and not _parse_ts(when) > _parse_ts(old.updated_at):
+                        return False
+                if not explicit:
+                    when = _after(now, old.updated_at)
+            self._conn.execute(
+                "INSERT OR REPLACE INTO duplicate_decisions (model_id, decision, duplicate_of, origin, updated_at) "
+                "VALUES (?, ?, ?, ?, ?)", (model_id, decision, duplicate_of, origin, when))
+            self._apply_duplicate_status(model_id, decision, duplicate_of)
+        return True
+
+    def clear_duplicate_decision(self, model_id: str, origin: str | None = None) -> bool:
+        """Forget the model's duplicate decision (only one of ``origin`` when
+        given); a ``duplicate`` model goes back to ``ok``. Returns True when a
+        decision was removed. KeyError for an unknown model id."""
+        with self.transaction():
+            self._require(model_id)
+            old = self.duplicate_decision(model_id)
+            if old is None or (origin is not None and old.origin != origin):
+                return False
+            self._conn.execute("DELETE FROM duplicate_decisions WHERE model_id = ?", (model_id,))
+            self._apply_duplicate_status(model_id, None, None)
+        return True
+
+    def _apply_duplicate_status(self, model_id: str, decision: str | None, duplicate_of: str | None) -> None:
+        status = self._conn.execute("SELECT status FROM models WHERE id = ?", (model_id,)).fetchone()[0]
+        now = now_timestamp()
+        if decision == "duplicate" and status in ("ok", "duplicate"):
+            self._conn.execute("UPDATE models SET status = 'duplicate', reason = ?, updated_at = ? WHERE id = ?",
+                               (f"duplicate of {duplicate_of}", now, model_id))
+        elif decision != "duplicate" and status == "duplicate":
+            self._conn.execute("UPDATE models SET status = 'ok', reason = '', updated_at = ? WHERE id = ?", (now, model_id))
+
+    def distinct_pairs(self) -> dict[tuple[str, str], tuple[str, str]]:
+        """"Not duplicates" decisions: ``{(a, b): (origin, updated_at)}`` with a < b."""
+        return {(a, b): (o, t) for a, b, o, t in self._conn.execute(
+            "SELECT model_a, model_b, origin, updated_at FROM distinct_pairs")}
+
+    def set_distinct(self, model_a: str, model_b: str, origin: str = "human",
+                     updated_at: str | datetime | None = None) -> bool:
+        """Record that two models are not duplicates of each other (order does
+        not matter); dedup never links them again. ``auto`` never replaces a
+        ``human`` row. Returns True when a row was written.
+
+        Raises ValueError (same model, unknown origin), KeyError (unknown id)."""
+        if origin not in ORIGINS:
+            raise ValueError(f"unknown origin {origin!r} (known: {', '.join(ORIGINS)})")
+        if model_a == model_b:
+            raise ValueError("a model cannot be distinct from itself")
+        a, b = sorted((model_a, model_b))
+        stamp = normalize_timestamp(updated_at) if updated_at is not None else now_timestamp()
+        with self.transaction():
+            self._require(a)
+            self._require(b)
+            row = self._conn.execute("SELECT origin FROM distinct_pairs WHERE model_a = ? AND model_b = ?", (a, b)).fetchone()
+            if row is not None and (row[0] == "human" or row[0] == origin):
+                return False
+            self._conn.execute("INSERT OR REPLACE INTO distinct_pairs (model_a, model_b, origin, updated_at) VALUES (?, ?, ?, ?)",
+                               (a, b, origin, stamp))
+        return True
+
+    def clear_distinct(self, model_a: str, model_b: str) -> bool:
+        """Forget a "not duplicates" decision; True when one was removed."""
+        a, b = sorted((model_a, model_b))
+        with self.transaction():
+            cur = self._conn.execute("DELETE FROM distinct_pairs WHERE model_a = ? AND model_b = ?", (a, b))
+        return cur.rowcount > 0
 
 
 def _validate_document(doc: Any) -> dict[str, dict[str, tuple[Any, str, str]]]:

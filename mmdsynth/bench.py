@@ -182,7 +182,7 @@ def _bare_worker(args: tuple[str, str, float, float, float, int]) -> tuple[int, 
         return count, time.perf_counter() - start
 
 
-def bench_dataset(path: Path, examples: int = 400, workers: int | None = None, reads: int = 2000) -> dict:
+def bench_dataset(path: Path, examples: int = 2000, workers: int | None = None, reads: int = 2000) -> dict:
     """End-to-end dataset figures for one model (``mmdsynth bench dataset``), from one run.
 
     Builds a temporary library with the model (suggested annotations), renders
@@ -265,10 +265,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``bench`` subcommand."""
     p = sub.add_parser("bench", help="speed figures (parse: load_model against pymeshio; render: "
                                      "pose+render+readback against a bare raster pass; dataset: the main job end to end)")
-    p.add_argument("what", choices=["parse", "render", "dataset"], help="which benchmark")
+    p.add_argument("what", choices=["parse", "render", "dataset", "scan"], help="which benchmark")
     p.add_argument("files", nargs="*", help="model files (render, dataset: one)")
-    p.add_argument("--examples", type=int, default=400, help="dataset: examples to render (default 400)")
-    p.add_argument("--workers", type=int, default=None, help="dataset: render processes (default: one per core)")
+    p.add_argument("--examples", type=int, default=2000, help="dataset: examples to render (default 2000)")
+    p.add_argument("--workers", type=int, default=None, help="dataset, scan: worker processes (default: one per core)")
+    p.add_argument("--copies", type=int, default=8, help="scan: zips of each model (default 8)")
+    p.add_argument("--entries", type=int, default=1000, help="scan: catalog entries for the dedup timing (default 1000)")
     p.add_argument("--repeat", type=int, default=7, help="timed runs per file (median reported; render: x5)")
     p.add_argument("--preset", choices=["tha1", "tha3"], default="tha1", help="render: image preset (default tha1)")
     p.set_defaults(func=_cmd_bench)
@@ -296,4 +298,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         if len(args.files) != 1:
             raise UserError("bench dataset needs exactly one model file")
         print(format_dataset_result(bench_dataset(Path(args.files[0]), examples=args.examples, workers=args.workers)))
+    elif args.what == "scan":
+        from mmdsynth.curate_cmd import bench_scan, format_bench_scan
+
+        print(format_bench_scan(bench_scan(models=[Path(f) for f in args.files] or None, copies=args.copies,
+                                           workers=args.workers, entries=args.entries)))
     return 0

@@ -559,21 +559,22 @@ def _hand_made_v1(lib: Path) -> None:
 def test_hand_made_v1_opens_and_upgrades(tmp_path, monkeypatch):
     lib = tmp_path / "lib"
     _hand_made_v1(lib)
-    with Catalog.open(lib) as cat:  # the current version reads it as is
-        assert cat.schema_version == 1 and cat.get(fake_id(0)).name == "old"
+    with Catalog.open(lib) as cat:  # the current version upgrades it, keeping every row
+        assert cat.schema_version == SCHEMA_VERSION and cat.get(fake_id(0)).name == "old"
         assert cat.assignment(fake_id(0)).mouth == "あ"
+        assert f"migrated_1_to_{SCHEMA_VERSION}" in dict(cat.connection.execute("SELECT key, value FROM meta"))
 
-    # A later issue appends a step: opening the v1 catalog upgrades it in one transaction.
+    # A later issue appends a step: opening the catalog upgrades it in one transaction.
     step = ("ALTER TABLE models ADD COLUMN duplicate_of TEXT REFERENCES models (id)",
             "CREATE INDEX models_duplicate_of ON models (duplicate_of)")
     monkeypatch.setattr(catalog_mod, "MIGRATIONS", [*catalog_mod.MIGRATIONS, step])
-    monkeypatch.setattr(catalog_mod, "SCHEMA_VERSION", 2)
+    monkeypatch.setattr(catalog_mod, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
     with Catalog.open(lib) as cat:
-        assert cat.schema_version == 2
+        assert cat.schema_version == SCHEMA_VERSION + 1
         columns = {r[1] for r in cat.connection.execute("PRAGMA table_info(models)")}
         assert "duplicate_of" in columns
         assert cat.get(fake_id(0)).name == "old" and cat.annotations(fake_id(0))["mouth"].value == "あ"
-        assert "migrated_1_to_2" in dict(cat.connection.execute("SELECT key, value FROM meta"))
+        assert f"migrated_{SCHEMA_VERSION}_to_{SCHEMA_VERSION + 1}" in dict(cat.connection.execute("SELECT key, value FROM meta"))
 
 
 def test_failed_migration_rolls_back(tmp_path, monkeypatch):
@@ -581,12 +582,14 @@ def test_failed_migration_rolls_back(tmp_path, monkeypatch):
     _hand_made_v1(lib)
     step = ("ALTER TABLE models ADD COLUMN duplicate_of TEXT", "CREATE INDEX broken ON no_such_table (x)")
     monkeypatch.setattr(catalog_mod, "MIGRATIONS", [*catalog_mod.MIGRATIONS, step])
-    monkeypatch.setattr(catalog_mod, "SCHEMA_VERSION", 2)
+    monkeypatch.setattr(catalog_mod, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
     with pytest.raises(CatalogError, match="cannot upgrade catalog from schema version 1"):
         Catalog.open(lib)
     conn = sqlite3.connect(lib / "catalog.sqlite")
     assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
     assert "duplicate_of" not in {r[1] for r in conn.execute("PRAGMA table_info(models)")}
+    # all or nothing: the steps before the broken one are rolled back too
+    assert not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'scan_sources'").fetchone()
     conn.close()
 
 
