@@ -265,9 +265,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``bench`` subcommand."""
     p = sub.add_parser("bench", help="speed figures (parse: load_model against pymeshio; render: "
                                      "pose+render+readback against a bare raster pass; dataset: the main job end to end)")
-    p.add_argument("what", choices=["parse", "render", "dataset", "scan"], help="which benchmark")
-    p.add_argument("files", nargs="*", help="model files (render, dataset: one)")
-    p.add_argument("--examples", type=int, default=2000, help="dataset: examples to render (default 2000)")
+    p.add_argument("what", choices=["parse", "render", "dataset", "scan", "train"], help="which benchmark")
+    p.add_argument("files", nargs="*", help="model files (render, dataset: one); train: a dataset folder (optional)")
+    p.add_argument("--examples", type=int, default=None,
+                   help="dataset: examples to render (default 2000); train: examples of the rendered set (default 400)")
     p.add_argument("--workers", type=int, default=None, help="dataset, scan: worker processes (default: one per core)")
     p.add_argument("--copies", type=int, default=8, help="scan: zips of each model (default 8)")
     p.add_argument("--entries", type=int, default=1000, help="scan: catalog entries for the dedup timing (default 1000)")
@@ -277,7 +278,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    for f in args.files:
+    for f in args.files if args.what != "train" else []:  # bench train takes a dataset folder
         if not Path(f).is_file():
             raise UserError(f"{f}: no such file")
     if args.what == "parse":
@@ -297,10 +298,14 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     elif args.what == "dataset":
         if len(args.files) != 1:
             raise UserError("bench dataset needs exactly one model file")
-        print(format_dataset_result(bench_dataset(Path(args.files[0]), examples=args.examples, workers=args.workers)))
+        print(format_dataset_result(bench_dataset(Path(args.files[0]), examples=args.examples or 2000, workers=args.workers)))
     elif args.what == "scan":
         from mmdsynth.curate_cmd import bench_scan, format_bench_scan
 
         print(format_bench_scan(bench_scan(models=[Path(f) for f in args.files] or None, copies=args.copies,
                                            workers=args.workers, entries=args.entries)))
+    elif args.what == "train":
+        from mmdsynth.train_cmd import bench_train
+
+        return bench_train(args)
     return 0
