@@ -265,7 +265,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``bench`` subcommand."""
     p = sub.add_parser("bench", help="speed figures (parse: load_model against pymeshio; render: "
                                      "pose+render+readback against a bare raster pass; dataset: the main job end to end)")
-    p.add_argument("what", choices=["parse", "render", "dataset", "scan", "train"], help="which benchmark")
+    p.add_argument("what", choices=["parse", "render", "dataset", "scan", "train", "annotate"], help="which benchmark")
+    p.add_argument("--rows", type=int, default=10000, help="annotate: catalog rows of the test library (default 10000)")
     p.add_argument("files", nargs="*", help="model files (render, dataset: one); train: a dataset folder (optional)")
     p.add_argument("--examples", type=int, default=None,
                    help="dataset: examples to render (default 2000); train: examples of the rendered set (default 400)")
@@ -304,6 +305,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
         print(format_bench_scan(bench_scan(models=[Path(f) for f in args.files] or None, copies=args.copies,
                                            workers=args.workers, entries=args.entries)))
+    elif args.what == "annotate":
+        from mmdsynth.annotate_cmd import cmd_bench_annotate
+
+        return cmd_bench_annotate(args)
     elif args.what == "train":
         from mmdsynth.train_cmd import bench_train
 

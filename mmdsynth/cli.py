@@ -10,13 +10,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mmdsynth import __version__, bench, catalog_cmd, curate_cmd, model_cmd, render_cmd, train_cmd, view_cmd
+from mmdsynth import __version__, annotate_cmd, bench, catalog_cmd, curate_cmd, model_cmd, render_cmd, train_cmd, view_cmd
 from mmdsynth.errors import EXIT_BAD_INPUT, UserError
 from mmdsynth.mmd import MMDFormatError
 
 __all__ = ["UserError", "build_parser", "main"]
 
-COMMAND_MODULES = (model_cmd, catalog_cmd, curate_cmd, render_cmd, view_cmd, train_cmd, bench)
+COMMAND_MODULES = (model_cmd, catalog_cmd, curate_cmd, render_cmd, view_cmd, train_cmd, annotate_cmd, bench)
 
 
 def build_parser() -> argparse.ArgumentParser:
