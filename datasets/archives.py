@@ -328,6 +328,19 @@ class _Writer:
         if self.result.members > self.limits.max_members:
             raise ArchiveRefused(f"{self.label}: refused: more than {self.limits.max_members:,} members")
 
+    def admit(self, display: str, name: str) -> tuple[str, ...] | None:
+        """Count one member and check its name: its safe path parts, or None
+        (with a message for an unsafe name) when it must be skipped; junk
+        such as ``__MACOSX`` and ``._*`` files is skipped silently."""
+        self.count_member()
+        parts, problem = member_parts(name)
+        if parts is None:
+            self.result.messages.append(f"{display}: unsafe name ({problem}); skipped")
+            return None
+        if parts and (parts[0] in _JUNK_DIRS or parts[-1].startswith("._")):
+            return None
+        return parts
+
     def check_declared(self, total: int, count: int) -> None:
         """Refuse before writing when the declared sizes break a limit."""
         lim = self.limits
@@ -447,13 +460,9 @@ def _zip_members(path: Path, label: str, writer: _Writer, base: Path) -> None:
         writer.result.encoding = encoding
         writer.check_declared(sum(i.file_size for i in infos), len(infos))
         for info, name in zip(infos, names):
-            writer.count_member()
             display = f"{label}:{name}"
-            parts, problem = member_parts(name)
+            parts = writer.admit(display, name)
             if parts is None:
-                writer.result.messages.append(f"{display}: unsafe name ({problem}); skipped")
-                continue
-            if parts and (parts[0] in _JUNK_DIRS or parts[-1].startswith("._")):
                 continue
             mode = info.external_attr >> 16
             is_dir = name.endswith(("/", "\\"))
@@ -507,14 +516,10 @@ def _7z_members(path: Path, label: str, writer: _Writer, base: Path) -> None:
             wanted: dict[str, tuple[tuple[str, ...], str, int]] = {}
             names: set[str] = set()
             for f in files:
-                writer.count_member()
                 name = f.filename
                 display = f"{label}:{name}"
-                parts, problem = member_parts(name)
+                parts = writer.admit(display, name)
                 if parts is None:
-                    writer.result.messages.append(f"{display}: unsafe name ({problem}); skipped")
-                    continue
-                if parts and (parts[0] in _JUNK_DIRS or parts[-1].startswith("._")):
                     continue
                 if f.is_symlink or getattr(f, "is_junction", False):
                     writer.result.messages.append(f"{display}: link; skipped (links are never extracted)")
@@ -627,14 +632,10 @@ def _rar_members(path: Path, label: str, writer: _Writer, base: Path) -> None:
                 raise ArchiveError(f"{label}: cannot extract RAR archives: no unrar tool found "
                                    "(install unrar, unar, 7-Zip's 7z or bsdtar; stored-only RARs work without one)") from None
         for info in infos:
-            writer.count_member()
             name = info.filename
             display = f"{label}:{name}"
-            parts, problem = member_parts(name)
+            parts = writer.admit(display, name)
             if parts is None:
-                writer.result.messages.append(f"{display}: unsafe name ({problem}); skipped")
-                continue
-            if parts and (parts[0] in _JUNK_DIRS or parts[-1].startswith("._")):
                 continue
             if info.is_symlink() or info.file_redir:
                 writer.result.messages.append(f"{display}: link or redirect; skipped (links are never extracted)")

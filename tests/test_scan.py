@@ -572,23 +572,10 @@ def test_character_check_reasons(babylon_models, gene_pmx):
 
 
 def run(argv: list[str]) -> int:
-    """The CLI with the curation commands (through cli.main once they are wired in)."""
-    import argparse
-    import sys
+    """The CLI, as a user runs it (returns the exit status)."""
+    from mmdsynth.cli import main
 
-    from mmdsynth import cli, curate_cmd
-    from mmdsynth.errors import UserError
-
-    if curate_cmd in getattr(cli, "COMMAND_MODULES", ()):
-        return cli.main(argv)
-    parser = argparse.ArgumentParser(prog="mmdsynth")
-    curate_cmd.register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except UserError as exc:
-        print(f"mmdsynth {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    return main(argv)
 
 
 def test_scan_cli(tmp_path, capsys):
