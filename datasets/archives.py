@@ -73,6 +73,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
+from .text import human_bytes, one_line
 
 __all__ = [
     "ARCHIVE_SUFFIXES",
@@ -179,19 +180,6 @@ def archive_format(path: str | os.PathLike) -> str | None:
     if any(head.startswith(m) for m in _RAR_MAGIC):
         return "rar"
     return None
-
-
-def _human(n: float) -> str:
-    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} bytes"  # pragma: no cover
-
-
-def _one_line(text: Any) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= 300 else text[:297] + "..."
 
 
 # ---------------------------------------------------------------------------
@@ -348,11 +336,11 @@ class _Writer:
             raise ArchiveRefused(f"{self.label}: refused: {count:,} members (limit {lim.max_members:,})")
         total_out = total + self.result.bytes
         if total_out > lim.max_bytes:
-            raise ArchiveRefused(f"{self.label}: refused: declares {_human(total)} uncompressed "
-                                 f"(limit {_human(lim.max_bytes)}): a zip bomb?")
+            raise ArchiveRefused(f"{self.label}: refused: declares {human_bytes(total)} uncompressed "
+                                 f"(limit {human_bytes(lim.max_bytes)}): a zip bomb?")
         ratio = total_out / self.archive_size
         if total_out > lim.ratio_floor and ratio > lim.max_ratio:
-            raise ArchiveRefused(f"{self.label}: refused: declares {_human(total_out)} from a {_human(self.archive_size)} "
+            raise ArchiveRefused(f"{self.label}: refused: declares {human_bytes(total_out)} from a {human_bytes(self.archive_size)} "
                                  f"archive (ratio {ratio:.0f} > {lim.max_ratio:g}): a zip bomb?")
 
     def _add_bytes(self, n: int) -> None:
@@ -360,9 +348,9 @@ class _Writer:
         r.bytes += n
         lim = self.limits
         if r.bytes > lim.max_bytes:
-            raise ArchiveRefused(f"{self.label}: refused: more than {_human(lim.max_bytes)} uncompressed: a zip bomb?")
+            raise ArchiveRefused(f"{self.label}: refused: more than {human_bytes(lim.max_bytes)} uncompressed: a zip bomb?")
         if r.bytes > lim.ratio_floor and r.bytes / self.archive_size > lim.max_ratio:
-            raise ArchiveRefused(f"{self.label}: refused: {_human(r.bytes)} from a {_human(self.archive_size)} archive "
+            raise ArchiveRefused(f"{self.label}: refused: {human_bytes(r.bytes)} from a {human_bytes(self.archive_size)} archive "
                                  f"(ratio {r.bytes / self.archive_size:.0f} > {lim.max_ratio:g}): a zip bomb?")
 
     # -- paths ---------------------------------------------------------------
@@ -451,9 +439,9 @@ def _zip_members(path: Path, label: str, writer: _Writer, base: Path) -> None:
     try:
         zf = zipfile.ZipFile(path)
     except zipfile.BadZipFile as exc:
-        raise ArchiveError(f"{label}: not a readable zip archive (truncated or damaged: {_one_line(exc)})") from None
+        raise ArchiveError(f"{label}: not a readable zip archive (truncated or damaged: {one_line(exc, 300)})") from None
     except (OSError, ValueError, UnicodeDecodeError, EOFError) as exc:
-        raise ArchiveError(f"{label}: cannot read zip archive: {_one_line(exc)}") from None
+        raise ArchiveError(f"{label}: cannot read zip archive: {one_line(exc, 300)}") from None
     with zf:
         infos = zf.infolist()
         names, encoding = decode_zip_names(infos)
@@ -486,9 +474,9 @@ def _zip_members(path: Path, label: str, writer: _Writer, base: Path) -> None:
             try:
                 writer.write_member(base, parts, display, lambda info=info: zf.open(info), info.file_size)
             except NotImplementedError as exc:
-                writer.result.messages.append(f"{display}: {_one_line(exc)}; skipped")
+                writer.result.messages.append(f"{display}: {one_line(exc, 300)}; skipped")
             except (zipfile.BadZipFile, EOFError, zlib.error) as exc:
-                raise ArchiveError(f"{label}: damaged or truncated zip archive ({name}: {_one_line(exc)})") from None
+                raise ArchiveError(f"{label}: damaged or truncated zip archive ({name}: {one_line(exc, 300)})") from None
 
 
 def _7z_members(path: Path, label: str, writer: _Writer, base: Path) -> None:
@@ -507,7 +495,7 @@ def _7z_members(path: Path, label: str, writer: _Writer, base: Path) -> None:
             raise ArchiveError(f"{label}: encrypted 7z archive (password needed); skipped") from None
         except (py7zr.Bad7zFile, EOFError, OSError, ValueError, KeyError, IndexError, TypeError, MemoryError,
                 NotImplementedError, py7zr.exceptions.UnsupportedCompressionMethodError) as exc:
-            raise ArchiveError(f"{label}: not a readable 7z archive (truncated or damaged: {_one_line(exc) or type(exc).__name__})") from None
+            raise ArchiveError(f"{label}: not a readable 7z archive (truncated or damaged: {one_line(exc, 300) or type(exc).__name__})") from None
         with sz:
             if sz.needs_password():
                 raise ArchiveError(f"{label}: encrypted 7z archive (password needed); skipped")
@@ -593,14 +581,14 @@ def _7z_members(path: Path, label: str, writer: _Writer, base: Path) -> None:
             except ArchiveRefused:
                 raise
             except py7zr.exceptions.CrcError as exc:
-                raise ArchiveError(f"{label}: damaged 7z archive (CRC error: {_one_line(exc)})") from None
+                raise ArchiveError(f"{label}: damaged 7z archive (CRC error: {one_line(exc, 300)})") from None
             except (py7zr.Bad7zFile, EOFError, OSError, ValueError, KeyError, IndexError, TypeError, MemoryError, RuntimeError,
                     NotImplementedError, py7zr.exceptions.UnsupportedCompressionMethodError, py7zr.exceptions.ArchiveError) as exc:
                 if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EACCES):
                     raise
                 if "exceeds limit" in str(exc):
-                    raise ArchiveRefused(f"{label}: refused: more than {_human(writer.limits.max_bytes)} uncompressed: a zip bomb?") from None
-                raise ArchiveError(f"{label}: damaged or truncated 7z archive ({_one_line(exc) or type(exc).__name__})") from None
+                    raise ArchiveRefused(f"{label}: refused: more than {human_bytes(writer.limits.max_bytes)} uncompressed: a zip bomb?") from None
+                raise ArchiveError(f"{label}: damaged or truncated 7z archive ({one_line(exc, 300) or type(exc).__name__})") from None
             finally:
                 for s in sinks:  # py7zr versions without the close() hook
                     s.close()
@@ -618,7 +606,7 @@ def _rar_members(path: Path, label: str, writer: _Writer, base: Path) -> None:
     except rarfile.NeedFirstVolume:
         raise ArchiveError(f"{label}: a later volume of a multi-volume RAR; open the first volume") from None
     except (rarfile.Error, OSError, EOFError, ValueError, IndexError) as exc:
-        raise ArchiveError(f"{label}: not a readable RAR archive (truncated or damaged: {_one_line(exc) or type(exc).__name__})") from None
+        raise ArchiveError(f"{label}: not a readable RAR archive (truncated or damaged: {one_line(exc, 300) or type(exc).__name__})") from None
     with rf:
         infos = rf.infolist()
         if rf.needs_password():
@@ -656,7 +644,7 @@ def _rar_members(path: Path, label: str, writer: _Writer, base: Path) -> None:
                 raise ArchiveError(f"{label}: cannot extract RAR archives: no unrar tool found "
                                    "(install unrar, unar, 7-Zip's 7z or bsdtar)") from None
             except (rarfile.Error, EOFError, zlib.error) as exc:
-                raise ArchiveError(f"{label}: damaged or truncated RAR archive ({name}: {_one_line(exc) or type(exc).__name__})") from None
+                raise ArchiveError(f"{label}: damaged or truncated RAR archive ({name}: {one_line(exc, 300) or type(exc).__name__})") from None
 
 
 _HANDLERS = {"zip": _zip_members, "7z": _7z_members, "rar": _rar_members}

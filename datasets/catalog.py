@@ -154,6 +154,8 @@ from typing import Any, NamedTuple
 from mmdsynth.mmd.atomic import atomic_path
 from mmdsynth.mmd.schema import EXPRESSION_SLOTS, MorphAssignment
 
+from .text import one_line
+
 __all__ = [
     "ANNOTATION_KEYS",
     "CATALOG_FILENAME",
@@ -507,10 +509,6 @@ def check_value(key: str, value: Any) -> float | str | None:
     return value
 
 
-def _one_line(text: Any) -> str:
-    return " ".join(str(text).split())
-
-
 # ---------------------------------------------------------------------------
 # The catalog
 # ---------------------------------------------------------------------------
@@ -601,7 +599,7 @@ class Catalog:
         try:
             conn = sqlite3.connect(str(db), timeout=timeout, isolation_level=None)
         except sqlite3.Error as exc:
-            raise CatalogError(f"{db}: cannot open catalog: {_one_line(exc)}") from None
+            raise CatalogError(f"{db}: cannot open catalog: {one_line(exc)}") from None
         catalog = cls(lib, conn)
         try:
             catalog._setup()
@@ -610,7 +608,7 @@ class Catalog:
             raise
         except sqlite3.Error as exc:
             conn.close()
-            raise CatalogError(f"{db}: cannot use catalog: {_one_line(exc)}") from None
+            raise CatalogError(f"{db}: cannot use catalog: {one_line(exc)}") from None
         return catalog
 
     def _setup(self) -> None:
@@ -660,7 +658,7 @@ class Catalog:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             if isinstance(exc, sqlite3.Error):
-                raise CatalogError(f"{db}: cannot upgrade catalog from schema version {version}: {_one_line(exc)}") from None
+                raise CatalogError(f"{db}: cannot upgrade catalog from schema version {version}: {one_line(exc)}") from None
             raise
 
     def close(self) -> None:
@@ -874,7 +872,7 @@ class Catalog:
         with self.transaction():
             cur = self._conn.execute(
                 "UPDATE models SET status = ?, reason = ?, updated_at = ? WHERE id = ?",
-                (status, _one_line(reason), now_timestamp(), model_id))
+                (status, one_line(reason), now_timestamp(), model_id))
             if cur.rowcount == 0:
                 raise KeyError(f"no model {model_id!r} in {self.library}")
 
@@ -1162,7 +1160,7 @@ class Catalog:
         if source.state not in SCAN_STATES:
             raise ValueError(f"unknown scan state {source.state!r} (known: {', '.join(SCAN_STATES)})")
         values = list(astuple(source))
-        values[8] = _one_line(source.message)
+        values[8] = one_line(source.message)
         values[-1] = source.scanned_at or now_timestamp()
         with self.transaction():
             self._conn.execute(f"INSERT OR REPLACE INTO scan_sources ({_SCAN_COLUMNS}) VALUES ({', '.join('?' * len(values))})",
@@ -1241,7 +1239,7 @@ class Catalog:
                 "body_hash = excluded.body_hash, color = excluded.color, image_version = excluded.image_version, "
                 "note = excluded.note, updated_at = excluded.updated_at",
                 (model_id, head_hash, body_hash, None if color is None else json.dumps([round(float(c), 6) for c in color]),
-                 int(image_version), _one_line(note), now_timestamp()))
+                 int(image_version), one_line(note), now_timestamp()))
 
     # -- curation (schema v2): duplicate pairs and decisions ----------------------
 

@@ -46,6 +46,7 @@ from mmdsynth.mmd.model import Model
 from mmdsynth.mmd.textures import resolve_texture_path, texture_report
 
 from .catalog import MODELS_DIRNAME, Catalog, ModelRecord, check_value
+from .text import is_terminal, one_line
 
 __all__ = ["MODEL_SUFFIXES", "AddEntry", "AddReport", "SuggestFn", "add_models", "find_model_files", "safe_name"]
 
@@ -189,25 +190,13 @@ def add_models(catalog: Catalog, paths: Iterable[str | os.PathLike], group: str 
         raise ValueError(f"group {group!r} must be a single folder name")
     files = find_model_files(paths, exclude=[catalog.library])
     report = AddReport()
-    show = progress and len(files) > 1 and _isatty(sys.stderr)
+    show = progress and len(files) > 1 and is_terminal(sys.stderr)
     with tqdm(files, desc="adding", unit="model", disable=not show, dynamic_ncols=True) as bar:
         for src in bar:
             if show:
                 bar.set_postfix_str(src.name[:40], refresh=False)
             report.entries.append(_add_one(catalog, src, group, suggest))
     return report
-
-
-def _isatty(stream: Any) -> bool:
-    try:
-        return bool(stream.isatty())
-    except (AttributeError, ValueError):
-        return False
-
-
-def _one_line(text: Any) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= 500 else text[:497] + "..."
 
 
 def _format_of(data: bytes) -> str:
@@ -234,9 +223,9 @@ def _add_one(catalog: Catalog, src: Path, group: str | None, suggest: SuggestFn 
     try:
         model = parse_model(data, src.name)
     except MMDFormatError as exc:
-        reason = _one_line(exc)
+        reason = one_line(exc)
     except Exception as exc:  # noqa: BLE001 - parse_model documents MMDFormatError only; be safe in a batch
-        reason = _one_line(f"{src.name}: unreadable ({type(exc).__name__}: {exc})")
+        reason = one_line(f"{src.name}: unreadable ({type(exc).__name__}: {exc})")
 
     src_dir = src.parent
     to_copy: dict[str, Path] = {}  # path relative to the model folder -> source file
@@ -297,7 +286,7 @@ def _add_one(catalog: Catalog, src: Path, group: str | None, suggest: SuggestFn 
         try:
             suggested = dict(suggest(model))
         except Exception as exc:  # noqa: BLE001 - a failing suggestion must not stop the batch
-            entry_warnings.append(f"suggestions failed: {_one_line(exc)}")
+            entry_warnings.append(f"suggestions failed: {one_line(exc)}")
             suggested = {}
         for key, value in suggested.items():
             try:
@@ -320,7 +309,7 @@ def _add_one(catalog: Catalog, src: Path, group: str | None, suggest: SuggestFn 
         file_size=len(data),
         name_en=model.name_en if model is not None else "",
         source_path=str(src),
-        notes="\n".join(_one_line(n) for n in notes),
+        notes="\n".join(one_line(n) for n in notes),
     )
     with catalog.transaction():
         if not catalog.insert_model(record):  # another process added it meanwhile

@@ -79,6 +79,7 @@ from typing import Any
 from .archives import ArchiveError, ArchiveLimits, ArchiveRefused, extract_archive, is_archive_name
 from .catalog import MODELS_DIRNAME, Catalog, ModelRecord, ScanSource, check_value
 from .library import MODEL_SUFFIXES, SuggestFn, safe_name
+from .text import human_bytes, is_terminal, one_line
 
 __all__ = [
     "IsolatedPool",
@@ -196,11 +197,11 @@ def _worker_main(conn, memory_mib: int | None, tempdir: str | None) -> None:
         except MemoryError:
             reply = ("memory", f"out of memory (limit {memory_mib} MiB over the worker's baseline)")
         except BaseException as exc:  # noqa: BLE001 - report anything, keep the worker
-            reply = ("exception", _one_line(f"{type(exc).__name__}: {exc}"))
+            reply = ("exception", one_line(f"{type(exc).__name__}: {exc}"))
         try:
             conn.send(reply)
         except Exception as exc:  # noqa: BLE001 - e.g. an unpicklable value
-            conn.send(("exception", _one_line(f"cannot return the result: {type(exc).__name__}: {exc}")))
+            conn.send(("exception", one_line(f"cannot return the result: {type(exc).__name__}: {exc}")))
 
 
 @dataclass
@@ -271,7 +272,7 @@ class IsolatedPool:
             except MemoryError:
                 self._done.append(TaskOutcome(key, False, error="out of memory", kind="memory"))
             except Exception as exc:  # noqa: BLE001
-                self._done.append(TaskOutcome(key, False, error=_one_line(f"{type(exc).__name__}: {exc}"), kind="exception",
+                self._done.append(TaskOutcome(key, False, error=one_line(f"{type(exc).__name__}: {exc}"), kind="exception",
                                               seconds=time.perf_counter() - start))
         else:
             self._dispatch()
@@ -404,11 +405,6 @@ def _death(code: int | None) -> str:
     return f"worker died (exit code {code})"
 
 
-def _one_line(text: Any) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= 500 else text[:497] + "..."
-
-
 # ---------------------------------------------------------------------------
 # Worker-side tasks (module-level: picklable)
 # ---------------------------------------------------------------------------
@@ -440,14 +436,14 @@ def inspect_model_file(path: str, file_name: str = "", suggest: SuggestFn | None
     try:
         model = loader(path)
     except MMDFormatError as exc:
-        return {"loaded": False, "reason": _one_line(exc)}
+        return {"loaded": False, "reason": one_line(exc)}
     except OSError as exc:
-        return {"loaded": False, "reason": _one_line(f"{name}: cannot read: {exc.strerror or exc}")}
+        return {"loaded": False, "reason": one_line(f"{name}: cannot read: {exc.strerror or exc}")}
     check = check_character(model, name)
     out: dict[str, Any] = {
         "loaded": True, "format": model.format, "name": model.name, "name_en": model.name_en,
         "vertices": model.vertex_count, "faces": model.face_count, "morphs": len(model.morphs),
-        "warnings": [_one_line(w) for w in model.warnings],
+        "warnings": [one_line(w) for w in model.warnings],
         "is_character": check.is_character, "character_reason": check.reason,
         "geometry_hash": geometry_signature(model), "stats": model_stats(model), "geometry_version": GEOMETRY_VERSION,
     }
@@ -455,7 +451,7 @@ def inspect_model_file(path: str, file_name: str = "", suggest: SuggestFn | None
         try:
             out["suggestions"] = dict(suggest(model))
         except Exception as exc:  # noqa: BLE001 - a failing suggestion must not fail the model
-            out["suggest_error"] = _one_line(exc)
+            out["suggest_error"] = one_line(exc)
     if textures:
         from mmdsynth.mmd.textures import resolve_texture_path, texture_report
 
@@ -473,9 +469,9 @@ def _extract_task(archive: str, dest: str, limits: ArchiveLimits, label: str) ->
     try:
         result = extract_archive(archive, dest, limits, label=label)
     except ArchiveRefused as exc:
-        return {"state": "refused", "message": _one_line(exc)}
+        return {"state": "refused", "message": one_line(exc)}
     except ArchiveError as exc:
-        return {"state": "error", "message": _one_line(exc)}
+        return {"state": "error", "message": one_line(exc)}
     return {"state": "extracted", **asdict(result)}
 
 
@@ -513,17 +509,9 @@ class ScanReport:
         """The end-of-scan summary (two lines)."""
         return (f"archives {self.archives}: {self.extracted} extracted, {self.refused} refused, "
                 f"{self.archive_errors} unreadable; {self.skipped} already scanned; "
-                f"{_human(self.bytes_extracted)} extracted\n"
+                f"{human_bytes(self.bytes_extracted)} extracted\n"
                 f"models {self.models}: {self.ok} ok, {self.errors} errors, {self.not_characters} not characters, "
                 f"{self.present} already in the library ({self.seconds:.1f} s)")
-
-
-def _human(n: float) -> str:
-    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} bytes"  # pragma: no cover
 
 
 def _format_of(data: bytes) -> str:
@@ -820,7 +808,7 @@ class _Scan:
         self._queue_archive_models(src, row, folder)
 
     def _failed_load(self, outcome: TaskOutcome, name: str) -> dict[str, Any]:
-        return {"loaded": False, "reason": _one_line(f"{name}: {outcome.error}")}
+        return {"loaded": False, "reason": one_line(f"{name}: {outcome.error}")}
 
     def _record(self, result: dict[str, Any], digest: str, rel_path: str, group: str, size: int, source_path: str,
                 extra_notes: list[str], magic_format: str = "") -> str:
@@ -844,7 +832,7 @@ class _Scan:
             id=digest, path=rel_path, format=result.get("format") or magic_format, name=result.get("name", ""),
             group=group, status=status, reason=reason, vertices=result.get("vertices"), faces=result.get("faces"),
             morphs=result.get("morphs"), file_size=size, name_en=result.get("name_en", ""), source_path=source_path,
-            notes="\n".join(_one_line(n) for n in notes),
+            notes="\n".join(one_line(n) for n in notes),
         )
         cat = self.catalog
         with cat.transaction():
@@ -1001,7 +989,7 @@ def scan_downloads(catalog: Catalog, downloads: str | os.PathLike, workers: int 
         scan = _Scan(catalog, downloads, workers, limits, suggest, load_fn, progress, log)
         for n in notes:
             scan._note(n)
-        show = progress and _isatty(sys.stderr)
+        show = progress and is_terminal(sys.stderr)
         from tqdm import tqdm
 
         try:
@@ -1027,13 +1015,6 @@ def scan_downloads(catalog: Catalog, downloads: str | os.PathLike, workers: int 
     for line in scan.report.messages:
         log(line)
     return scan.report
-
-
-def _isatty(stream: Any) -> bool:
-    try:
-        return bool(stream.isatty())
-    except (AttributeError, ValueError):
-        return False
 
 
 def _clean_partials(lib: Path) -> None:

@@ -119,12 +119,15 @@ def suggest_annotations(model) -> dict[str, Any]:
     return out
 
 
-def _suggester():
+def suggester(command: str):
+    """:func:`suggest_annotations` (picklable, for workers), or None with a
+    one-line warning naming ``command`` when the suggestion heuristics cannot
+    be imported: models are then recorded without suggestions."""
     try:
         import mmdsynth.annotate.suggest  # noqa: F401
-    except Exception as exc:  # noqa: BLE001
-        print(f"mmdsynth add: warning: suggestions unavailable ({type(exc).__name__}: {exc}); "
-              "models are added without them", file=sys.stderr)
+    except Exception as exc:  # noqa: BLE001 - any import failure means no suggestions, not a crash
+        print(f"mmdsynth {command}: warning: suggestions unavailable ({type(exc).__name__}: {exc}); "
+              "models are recorded without them", file=sys.stderr)
         return None
     return suggest_annotations
 
@@ -156,7 +159,7 @@ def cmd_add(args: argparse.Namespace) -> int:
     files = find_model_files(args.models, exclude=[lib])
     if not files:
         raise _user_error("no .pmx/.pmd files found in " + ", ".join(str(p) for p in args.models))
-    suggest = None if args.no_suggest else _suggester()
+    suggest = None if args.no_suggest else suggester("add")
     with _open(lib, create=True) as catalog:
         try:
             report = add_models(catalog, files, group=args.group, suggest=suggest, progress=True)

@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mmdsynth.catalog_cmd import suggester
+
 __all__ = ["bench_scan", "cmd_dedup", "cmd_scan", "cmd_split", "format_bench_scan", "register"]
 
 
@@ -139,20 +141,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 # ---------------------------------------------------------------------------
 
 
-def _suggester(command: str = "scan"):
-    """The picklable suggestion function, or None (with a warning) when the
-    suggestion heuristics cannot be imported."""
-    try:
-        import mmdsynth.annotate.suggest  # noqa: F401
-    except Exception as exc:  # noqa: BLE001
-        print(f"mmdsynth {command}: warning: suggestions unavailable ({type(exc).__name__}: {exc}); "
-              "models are recorded without them", file=sys.stderr)
-        return None
-    from mmdsynth.catalog_cmd import suggest_annotations
-
-    return suggest_annotations
-
-
 def cmd_scan(args: argparse.Namespace) -> int:
     """``mmdsynth scan``: returns 0, or 1 when some archive or model failed."""
     from mmdsynth.datasets.archives import ArchiveLimits
@@ -166,7 +154,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
         archive=ArchiveLimits(max_bytes=int(args.max_archive_gb * (1 << 30)), max_members=max(1, args.max_files),
                               max_ratio=args.max_ratio),
     )
-    suggest = None if args.no_suggest else _suggester()
+    suggest = None if args.no_suggest else suggester("scan")
     with _open(args.library, create=True) as catalog:
         try:
             report = scan_downloads(catalog, args.downloads, workers=args.workers, limits=limits, suggest=suggest,
@@ -416,7 +404,7 @@ def bench_scan(models: list[Path] | None = None, copies: int = 8, workers: int |
         root = Path(env) if env else Path(__file__).resolve().parent.parent.parent / "shared" / "testdata"
         gene = root / "models" / "gene" / "Gene_light.pmx"
         models = [gene] if gene.is_file() else []
-    suggest = _suggester("bench")
+    suggest = suggester("bench")
     result: dict[str, Any] = {"workers": workers, "copies": copies}
     with tempfile.TemporaryDirectory(prefix="mmdsynth-bench-scan-") as tmp:
         tmp = Path(tmp)
