@@ -446,7 +446,9 @@ def _near_pairs(ids: list[str], feats: dict[str, ModelFeatures], threshold: floa
 # ---------------------------------------------------------------------------
 
 
-class _UnionFind:
+class UnionFind:
+    """Disjoint sets of strings; the smallest string names its set (so groups are deterministic)."""
+
     def __init__(self):
         self.parent: dict[str, str] = {}
 
@@ -567,7 +569,7 @@ def duplicate_groups(catalog: Catalog, include_resolved: bool = True) -> list[Du
         pairs = catalog.duplicate_pairs()
         decisions = catalog.duplicate_decisions()
         distinct = catalog.distinct_pairs()
-    uf = _UnionFind()
+    uf = UnionFind()
     for p in pairs:
         if p.linked and p.model_a in records and p.model_b in records and (p.model_a, p.model_b) not in distinct:
             uf.union(p.model_a, p.model_b)
@@ -921,7 +923,7 @@ def find_duplicates(catalog: Catalog, threshold: float = DEFAULT_THRESHOLD, work
             pairs[(a, b)] = DuplicatePair(a, b, "near", d, True, detail)
             report.near_pairs += 1
     # complete the pairwise distances inside each component (for review)
-    uf = _UnionFind()
+    uf = UnionFind()
     for a, b in pairs:
         uf.union(a, b)
     for ms in uf.groups().values():

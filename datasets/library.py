@@ -253,19 +253,7 @@ def _add_one(catalog: Catalog, src: Path, group: str | None, suggest: SuggestFn 
     group_name = safe_name(group) if group is not None else safe_name(src_dir.name, "ungrouped")
     try:
         rel_folder, folder = _choose_folder(catalog, group_name, safe_name(src_dir.name), src, file_name, data, to_copy)
-        target = folder / file_name
-        if not target.exists():
-            atomic_write_bytes(target, data)
-        for rel, source in list(to_copy.items()):
-            dest = folder / Path(*rel.split("/"))
-            if dest.exists():
-                continue
-            try:
-                with atomic_path(dest) as tmp:
-                    shutil.copyfile(source, tmp)
-            except OSError as exc:
-                warnings.append(f"texture {rel}: cannot copy: {exc.strerror or exc}")
-                del to_copy[rel]
+        write_model_files(folder, file_name, data, to_copy, warnings)
     except OSError as exc:
         name = exc.filename if getattr(exc, "filename", None) else src
         return AddEntry(src, "error", message=f"{src}: cannot copy into the library: {name}: {exc.strerror or exc}")
@@ -282,7 +270,7 @@ def _add_one(catalog: Catalog, src: Path, group: str | None, suggest: SuggestFn 
     entry_warnings = list(warnings)
     annotations: dict[str, Any] = {}
     if model is not None and suggest is not None:
-        model.path = target
+        model.path = folder / file_name
         try:
             suggested = dict(suggest(model))
         except Exception as exc:  # noqa: BLE001 - a failing suggestion must not stop the batch
@@ -319,6 +307,27 @@ def _add_one(catalog: Catalog, src: Path, group: str | None, suggest: SuggestFn 
     if model is None:
         return AddEntry(src, "error", model_id, path, message=reason, warnings=entry_warnings)
     return AddEntry(src, "added", model_id, path, warnings=entry_warnings)
+
+
+def write_model_files(folder: Path, file_name: str, data: bytes, to_copy: dict[str, Path], warnings: list[str]) -> None:
+    """Write the model bytes as ``folder/file_name`` and copy its textures
+    (``to_copy``: relative path -> source file) beside it, each atomically;
+    files already there are kept. A texture that cannot be copied adds a
+    warning and is dropped from ``to_copy``. Raises OSError when the model
+    itself cannot be written."""
+    target = folder / file_name
+    if not target.exists():
+        atomic_write_bytes(target, data)
+    for rel, source in list(to_copy.items()):
+        dest = folder / Path(*rel.split("/"))
+        if dest.exists():
+            continue
+        try:
+            with atomic_path(dest) as tmp:
+                shutil.copyfile(source, tmp)
+        except OSError as exc:
+            warnings.append(f"texture {rel}: cannot copy: {exc.strerror or exc}")
+            del to_copy[rel]
 
 
 def _choose_folder(catalog: Catalog, group: str, base: str, src: Path, file_name: str, data: bytes,

@@ -78,7 +78,7 @@ from typing import Any
 
 from .archives import ArchiveError, ArchiveLimits, ArchiveRefused, extract_archive, is_archive_name
 from .catalog import MODELS_DIRNAME, Catalog, ModelRecord, ScanSource, check_value
-from .library import MODEL_SUFFIXES, SuggestFn, safe_name
+from .library import MODEL_SUFFIXES, SuggestFn, safe_name, write_model_files
 from .text import human_bytes, is_terminal, one_line
 
 __all__ = [
@@ -916,20 +916,7 @@ class _Scan:
         base = safe_name(src_dir.name if src_dir != self.downloads else src.path.stem, "model")
         try:
             rel_folder, folder = _choose_folder(self.catalog, src.group, base, src.path, file_name, data, to_copy)
-            from mmdsynth.mmd.atomic import atomic_path, atomic_write_bytes
-
-            target = folder / file_name
-            if not target.exists():
-                atomic_write_bytes(target, data)
-            for trel, source in to_copy.items():
-                dest = folder / Path(*trel.split("/"))
-                if dest.exists():
-                    continue
-                try:
-                    with atomic_path(dest) as tmp:
-                        shutil.copyfile(source, tmp)
-                except OSError as exc:
-                    warnings.append(f"texture {trel}: cannot copy: {exc.strerror or exc}")
+            write_model_files(folder, file_name, data, to_copy, warnings)
         except OSError as exc:
             self._note(f"{src.path}: cannot copy into the library: {exc.strerror or exc}")
             self.report.errors += 1

@@ -41,6 +41,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .catalog import SPLITS, Catalog
+from .dedup import UnionFind
 
 __all__ = ["SplitError", "SplitPlan", "assign_splits", "plan_splits", "split_units"]
 
@@ -84,27 +85,6 @@ class SplitPlan:
         return ", ".join(parts)
 
 
-class _UF:
-    def __init__(self):
-        self.p: dict[str, str] = {}
-
-    def find(self, x: str) -> str:
-        self.p.setdefault(x, x)
-        root = x
-        while self.p[root] != root:
-            root = self.p[root]
-        while self.p[x] != root:
-            self.p[x], x = root, self.p[x]
-        return root
-
-    def union(self, a: str, b: str) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            if rb < ra:
-                ra, rb = rb, ra
-            self.p[rb] = ra
-
-
 def split_units(catalog: Catalog) -> tuple[dict[str, list[str]], dict[str, int], dict[str, list]]:
     """The units of assignment.
 
@@ -118,7 +98,7 @@ def split_units(catalog: Catalog) -> tuple[dict[str, list[str]], dict[str, int],
         decisions = catalog.duplicate_decisions()
         distinct = catalog.distinct_pairs()
     group_of = {r.id: r.group for r in records}
-    uf = _UF()
+    uf = UnionFind()
     for r in records:
         uf.find(r.group)
     for p in pairs:

@@ -144,33 +144,13 @@ class PoseSchema:
 
     def parse(self, text: str) -> np.ndarray:
         """Parse ``"left_eye=1,mouth=0.5,head_y=0.8"`` into a (P,) float32 vector
-        (unnamed parameters keep their defaults).
-
-        Raises ValueError naming the bad item: unknown name, not a number,
-        out of range, or a name given twice.
-        """
-        values = self.defaults()
-        seen = set()
-        for item in (s.strip() for s in text.split(",")):
-            if not item:
-                continue
-            name, sep, raw = (s.strip() for s in item.partition("="))
-            if not sep:
-                raise ValueError(f"pose item {item!r} is not NAME=VALUE")
-            if name not in self._index:
-                raise ValueError(f"unknown pose parameter {name!r} (schema {self.name}: {', '.join(self.names)})")
-            if name in seen:
-                raise ValueError(f"pose parameter {name!r} given twice")
-            seen.add(name)
-            try:
-                value = float(raw)
-            except ValueError:
-                raise ValueError(f"pose parameter {name}: {raw!r} is not a number") from None
-            p = self.parameters[self._index[name]]
-            if not (p.low <= value <= p.high):
-                raise ValueError(f"pose parameter {name}={value:g} is outside [{p.low:g}, {p.high:g}]")
-            values[self._index[name]] = value
-        return values
+        (unnamed parameters keep their defaults). Raises ValueError like
+        :func:`parse_pose_text`."""
+        values = parse_pose_text(text, self.names, [(p.low, p.high) for p in self.parameters])
+        out = self.defaults()
+        for name, value in values.items():
+            out[self._index[name]] = value
+        return out
 
     def tied_pairs(self, assignment: MorphAssignment) -> list[tuple[int, int]]:
         """Index pairs of parameters tied for this model (only a both-eyes morph)."""
@@ -269,6 +249,35 @@ def _quat_mul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
             aw * bw - ax * bx - ay * by - az * bz,
         ]
     )
+
+
+def parse_pose_text(text: str, names: list[str], ranges: list[tuple[float, float]]) -> dict[str, float]:
+    """Parse ``"left_eye=1,mouth=0.5,head_y=0.8"`` against parameter ``names``
+    and their [low, high] ``ranges``; returns only the named values.
+
+    Raises ValueError naming the bad item: not NAME=VALUE, unknown name, not a
+    number, out of range, or a name given twice.
+    """
+    values: dict[str, float] = {}
+    for item in (s.strip() for s in (text or "").split(",")):
+        if not item:
+            continue
+        name, sep, raw = (s.strip() for s in item.partition("="))
+        if not sep:
+            raise ValueError(f"pose item {item!r} is not NAME=VALUE")
+        if name not in names:
+            raise ValueError(f"unknown pose parameter {name!r} (known: {', '.join(names)})")
+        if name in values:
+            raise ValueError(f"pose parameter {name!r} given twice")
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ValueError(f"pose parameter {name}: {raw!r} is not a number") from None
+        low, high = ranges[names.index(name)]
+        if not low <= value <= high:
+            raise ValueError(f"pose parameter {name}={value:g} is outside [{low:g}, {high:g}]")
+        values[name] = value
+    return values
 
 
 HEAD_BONE = "頭"

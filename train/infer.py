@@ -77,31 +77,13 @@ def load_input_image(path: str | os.PathLike, size: int = 256) -> np.ndarray:
 
 
 def parse_pose(text: str, names: list[str], ranges: list[tuple[float, float]]) -> dict[str, float]:
-    """Parse ``"left_eye=1,mouth=0.5,head_y=-0.3"`` against the known parameter
-    names and [low, high] ranges. Unnamed parameters are 0. Raises ValueError
-    naming the bad item."""
-    values = {n: 0.0 for n in names}
-    seen = set()
-    for item in (s.strip() for s in (text or "").split(",")):
-        if not item:
-            continue
-        name, sep, raw = (s.strip() for s in item.partition("="))
-        if not sep:
-            raise ValueError(f"pose item {item!r} is not NAME=VALUE")
-        if name not in values:
-            raise ValueError(f"unknown pose parameter {name!r} (known: {', '.join(names)})")
-        if name in seen:
-            raise ValueError(f"pose parameter {name!r} given twice")
-        seen.add(name)
-        try:
-            v = float(raw)
-        except ValueError:
-            raise ValueError(f"pose parameter {name}: {raw!r} is not a number") from None
-        lo, hi = ranges[names.index(name)]
-        if not lo <= v <= hi:
-            raise ValueError(f"pose parameter {name}={v:g} is outside [{lo:g}, {hi:g}]")
-        values[name] = v
-    return values
+    """Parse ``"left_eye=1,mouth=0.5,head_y=-0.3"`` against the networks'
+    parameter names and [low, high] ranges; unnamed parameters are 0.
+    Raises ValueError naming the bad item (see
+    :func:`mmdsynth.mmd.schema.parse_pose_text`)."""
+    from mmdsynth.mmd.schema import parse_pose_text
+
+    return {n: 0.0 for n in names} | parse_pose_text(text, list(names), list(ranges))
 
 
 class Poser:
