@@ -1,24 +1,33 @@
-"""Window parts shared by the annotation tools (``mmdsynth annotate heads|eyes``).
+"""Window parts shared by the annotation tools (``mmdsynth annotate heads|eyes|dups``).
 
-:class:`AnnotatorWindow` is the frame both tools fill in:
+:class:`ToolWindow` is the frame every tool is built in:
 
-* a model list (left; virtualised, filters: needs review / reviewed /
-  unusable / all) and a progress line (status bar: done / total, models per
-  minute this session);
-* a toolbar with the filter, the reason used by the unusable key, and buttons
-  for every action (the mouse works too);
+* a list (left; virtualised, with filters) and a progress line (status bar:
+  done / total, decisions per minute this session), messages in the status
+  bar (red for warnings);
+* a toolbar with buttons for every action (the mouse works too) and the
+  list filter;
 * the keys of every action, in a help overlay (F1 or ?) built from the same
-  table the shortcuts are made from, and a one-line key hint under the view;
-* the decisions: Enter accepts the values on screen (``human``, committed at
-  once in one transaction, see :mod:`mmdsynth.annotate.session`) and goes to
-  the next model; U marks the model unusable with the toolbar's reason;
-  Ctrl+Z undoes the last decision of the session; N / P move without saving;
+  :class:`Action` table the shortcuts are made from, and a one-line key hint
+  under the tool's widget;
 * a :class:`~mmdsynth.annotate.render_worker.RenderWorker` (renders off the UI
-  thread) and prefetching of the next model while the person works.
+  thread).
 
-A tool subclass builds the central widget and implements :meth:`show_model`,
+:class:`AnnotatorWindow` fills it for the per-model tools (heads, eyes):
+
+* the list holds models (filters: needs review / reviewed / unusable / all);
+* Enter accepts the values on screen (``human``, committed at once in one
+  transaction, see :mod:`mmdsynth.annotate.session`) and goes to the next
+  model; U marks the model unusable with the toolbar's reason (also in the
+  toolbar); Ctrl+Z undoes the last decision of the session; N / P move
+  without saving;
+* the next model is prefetched while the person works.
+
+A per-model tool builds the central widget and implements :meth:`show_model`,
 :meth:`current_values`, :meth:`on_info`, :meth:`on_image`,
-:meth:`prefetch_specs` and :meth:`tool_actions`.
+:meth:`prefetch_specs` and :meth:`tool_actions`. The duplicate review
+(:mod:`mmdsynth.annotate.dups`) builds on :class:`ToolWindow` with a list of
+duplicate groups instead.
 
 Conventions on screen: "left" is always the CHARACTER's left, which appears on
 the IMAGE RIGHT in a front view; every place that shows a side says so.
@@ -40,8 +49,8 @@ from .model_list import FILTERS, ModelListModel, Row, load_rows, progress_of
 from .render_worker import ModelInfo, RenderWorker, ViewSpec
 from .session import TOOL_KEYS, AnnotationSession, UndoConflict
 
-__all__ = ["Action", "AnnotatorWindow", "HelpOverlay", "UNUSABLE_REASONS", "checkerboard", "ensure_application",
-           "platform_problem", "run_tool"]
+__all__ = ["Action", "AnnotatorWindow", "HelpOverlay", "ToolWindow", "UNUSABLE_REASONS", "checkerboard",
+           "ensure_application", "platform_problem", "run_tool", "session_summary"]
 
 #: Reasons offered by the toolbar for the unusable key (editable there).
 UNUSABLE_REASONS = (
@@ -57,13 +66,17 @@ UNUSABLE_REASONS = (
 @dataclass
 class Action:
     """One action of a tool: its keys (first = the one shown), what it does,
-    the help group it is listed under, and whether it has a toolbar button."""
+    the help group it is listed under, and whether it has a toolbar button.
+    ``label`` replaces the keys in the help overlay (e.g. "1 … 9" for nine
+    actions listed once); ``in_help=False`` leaves an action out of it."""
 
     keys: Sequence[str]
     text: str
     callback: Callable[[], None]
     group: str = "model"
     button: str | None = None
+    label: str | None = None
+    in_help: bool = True
 
 
 def ensure_application() -> QtWidgets.QApplication:
@@ -126,7 +139,9 @@ class HelpOverlay(QtWidgets.QWidget):
         self.setFocusPolicy(QtCore.Qt.StrongFocus)
         groups: dict[str, list[tuple[str, str]]] = {}
         for a in actions:
-            labels = list(dict.fromkeys(_key_label(k) for k in a.keys))
+            if not a.in_help:
+                continue
+            labels = [a.label] if a.label else list(dict.fromkeys(_key_label(k) for k in a.keys))
             groups.setdefault(a.group, []).append((" / ".join(labels), a.text))
         if mouse:
             groups["mouse"] = list(mouse)
@@ -184,82 +199,84 @@ def _key_label(key: str) -> str:
             "Shift+Down": "Shift+↓", "Left": "←", "Right": "→"}.get(key, key)
 
 
-class AnnotatorWindow(QtWidgets.QMainWindow):
-    """The common frame of an annotation tool (see the module docstring).
+class ToolWindow(QtWidgets.QMainWindow):
+    """The frame every annotation tool is built in (see the module docstring):
+    the list dock (left) with a legend, a toolbar (action buttons, then the
+    list filter), a header line, a red banner, the tool's own widget, a key
+    hint, the status bar (messages and a permanent progress line), the F1 help
+    overlay built from the action table, and a :class:`RenderWorker`.
+
+    It does not know what the list holds: :class:`AnnotatorWindow` lists
+    models, :class:`~mmdsynth.annotate.dups.DupsWindow` duplicate groups. A
+    subclass's ``__init__`` calls ``super().__init__(...)`` (which checks the
+    filter and starts the worker), prepares its state, then
+    :meth:`build_frame` with its list model (a
+    :class:`~mmdsynth.annotate.model_list.FilteredListModel` whose
+    ``position_of`` takes a model id) and :meth:`show_first`. It implements
+    :meth:`build_central`, :meth:`tool_actions`, :meth:`current_key`,
+    :meth:`go_to`, :meth:`show_empty`, :meth:`list_clicked`,
+    :meth:`update_progress`, :meth:`_update_header` and the worker slots
+    :meth:`_on_info`, :meth:`_on_image`, :meth:`_on_failed`.
 
     Args:
         catalog: the open library catalog (used from the UI thread; the
             caller closes it after the window is closed).
-        filter_name: the list filter to start with (one of ``FILTERS``).
-        start_model: a model id (or unique prefix) to show first; default:
-            the first row of the filtered list.
-        prefetch: render the next model in the background (the benchmark
+        filter_name: the list filter to start with (one of :attr:`FILTERS`).
+        prefetch: prepare what comes next in the background (the benchmark
             turns it off to measure cold starts).
 
-    Signals: ``model_ready(model_id)`` when the current model's main views
-    are on screen (the subclass says when); ``decided(model_id, action)``
-    after a decision is committed (``"accept"``, ``"unusable"``, ``"undo"``).
+    Signal: ``decided(id, action)`` after a decision is committed (the id and
+    the actions are the subclass's).
     """
 
     TOOL = "heads"
-    TITLE = "annotate"
     HINT = ""
     HELP_NOTES = ""
     MOUSE: Sequence[tuple[str, str]] = ()
     WANT_MORPHS = False
+    MAX_MODELS = 3  # models the render worker keeps loaded
+    LIST_TITLE = "Models"
+    LIST_ITEM = "model"  # what a list row is, for the help overlay
+    LEGEND = ("<span style='color:#2e7d32'>✓</span>&nbsp;reviewed &nbsp; <span style='color:#d08000'>●</span>"
+              "&nbsp;suggested<br><span style='color:#808080'>○</span>&nbsp;not&nbsp;annotated &nbsp; "
+              "<span style='color:#c62828'>✗</span>&nbsp;unusable")
+    FILTERS: Sequence[str] = FILTERS
+    FILTER_TIP = "which models the list shows: needs review = suggested or missing values"
 
-    model_ready = QtCore.pyqtSignal(str)
     decided = QtCore.pyqtSignal(str, str)
 
-    def __init__(self, catalog: Catalog, filter_name: str = "needs review", start_model: str | None = None,
-                 prefetch: bool = True, parent=None):
+    def __init__(self, catalog: Catalog, filter_name: str, prefetch: bool = True, parent=None):
+        if filter_name not in self.FILTERS:
+            raise ValueError(f"unknown filter {filter_name!r} (known: {', '.join(self.FILTERS)})")
         super().__init__(parent)
-        if filter_name not in FILTERS:
-            raise ValueError(f"unknown filter {filter_name!r} (known: {', '.join(FILTERS)})")
         self.catalog = catalog
-        self.keys = TOOL_KEYS[self.TOOL]
-        self.session = AnnotationSession(catalog, self.keys)
         self.prefetch_enabled = prefetch
-        self.current: Row | None = None
-        self.info: ModelInfo | None = None
-        self.dirty = False
-        self.shown_at = 0.0
-        self._ready_sent = False
+        self.current = None
         self.setWindowTitle(f"mmdsynth annotate {self.TOOL} — {catalog.library}")
         self.resize(1500, 900)
-
-        self.worker = RenderWorker(morphs=self.WANT_MORPHS)
+        self.worker = RenderWorker(morphs=self.WANT_MORPHS, max_models=self.MAX_MODELS)
         self.worker.info_ready.connect(self._on_info)
         self.worker.image_ready.connect(self._on_image)
         self.worker.failed.connect(self._on_failed)
         self.worker.start()
 
-        rows = load_rows(catalog, self.keys)
-        self.list_model = ModelListModel(rows, filter_name, self)
+    def build_frame(self, list_model: QtCore.QAbstractItemModel) -> None:
+        """Build the window around ``list_model`` (a table model with a
+        ``filter_name`` attribute; columns: state glyph, title, a short third
+        column) and start the progress line. Called once, by the subclass."""
+        self.list_model = list_model
         self._build_frame()
-        self.actions_table = self._common_actions() + self.tool_actions()
+        self.actions_table = self.frame_actions() + self.tool_actions()
         self._install_actions(self.actions_table)
-        self._add_toolbar_choices()
-        mouse = list(self.MOUSE) + [("click a model", "in the list on the left: show it"),
+        self._add_filter_choice()
+        self.add_toolbar_choices()
+        mouse = list(self.MOUSE) + [(f"click a {self.LIST_ITEM}", "in the list on the left: show it"),
                                     ("toolbar buttons", "the same actions as the keys")]
         self.help = HelpOverlay(self, f"mmdsynth annotate {self.TOOL}", self.actions_table, self.HELP_NOTES, mouse)
         self._rate_timer = QtCore.QTimer(self)
         self._rate_timer.timeout.connect(self.update_progress)
         self._rate_timer.start(5000)
         self.update_progress()
-
-        start = 0
-        if start_model:
-            mid = self._resolve(start_model)
-            pos = self.list_model.position_of(mid)
-            if pos is None:  # not in this filter: show everything
-                self.filter_combo.setCurrentText("all")
-                pos = self.list_model.position_of(mid)
-            start = pos or 0
-        if self.list_model.rowCount():
-            self.go_to(start)
-        else:
-            self.show_empty()
 
     # -- frame ----------------------------------------------------------------
 
@@ -283,11 +300,8 @@ class AnnotatorWindow(QtWidgets.QMainWindow):
         header.setSectionResizeMode(1, QtWidgets.QHeaderView.Stretch)
         header.resizeSection(0, 26)
         header.resizeSection(2, 90)
-        self.list_view.clicked.connect(self._list_clicked)
-        legend = QtWidgets.QLabel(
-            "<span style='color:#2e7d32'>✓</span>&nbsp;reviewed &nbsp; <span style='color:#d08000'>●</span>&nbsp;suggested"
-            "<br><span style='color:#808080'>○</span>&nbsp;not&nbsp;annotated &nbsp; "
-            "<span style='color:#c62828'>✗</span>&nbsp;unusable")
+        self.list_view.clicked.connect(lambda index: self.list_clicked(index.row()))
+        legend = QtWidgets.QLabel(self.LEGEND)
         legend.setStyleSheet("QLabel { padding: 3px; }")
         legend.setWordWrap(True)
         side = QtWidgets.QWidget()
@@ -296,7 +310,7 @@ class AnnotatorWindow(QtWidgets.QMainWindow):
         sl.setSpacing(2)
         sl.addWidget(self.list_view, 1)
         sl.addWidget(legend)
-        dock = QtWidgets.QDockWidget("Models", self)
+        dock = QtWidgets.QDockWidget(self.LIST_TITLE, self)
         dock.setFeatures(QtWidgets.QDockWidget.NoDockWidgetFeatures)
         dock.setWidget(side)
         dock.setMinimumWidth(200)
@@ -331,43 +345,32 @@ class AnnotatorWindow(QtWidgets.QMainWindow):
         self.progress_label = QtWidgets.QLabel()
         self.statusBar().addPermanentWidget(self.progress_label)
 
-    def _add_toolbar_choices(self) -> None:
-        """The list filter and the unusable reason, after the action buttons."""
+    def _add_filter_choice(self) -> None:
+        """The list filter, after the action buttons."""
         self.toolbar.addSeparator()
         self.toolbar.addWidget(QtWidgets.QLabel(" Show: "))
         self.filter_combo = QtWidgets.QComboBox()
-        self.filter_combo.addItems(FILTERS)
+        self.filter_combo.addItems(self.FILTERS)
         self.filter_combo.setCurrentText(self.list_model.filter_name)
         self.filter_combo.setFocusPolicy(QtCore.Qt.ClickFocus)
         self.filter_combo.currentTextChanged.connect(self.set_filter)
-        self.filter_combo.setToolTip("which models the list shows: needs review = suggested or missing values")
+        self.filter_combo.setToolTip(self.FILTER_TIP)
         self.toolbar.addWidget(self.filter_combo)
-        self.toolbar.addSeparator()
-        self.toolbar.addWidget(QtWidgets.QLabel(" Reason for U: "))
-        self.reason_combo = QtWidgets.QComboBox()
-        self.reason_combo.setEditable(True)
-        self.reason_combo.addItems(UNUSABLE_REASONS)
-        self.reason_combo.setMinimumContentsLength(18)
-        self.reason_combo.setSizeAdjustPolicy(QtWidgets.QComboBox.AdjustToMinimumContentsLengthWithIcon)
-        self.reason_combo.setFocusPolicy(QtCore.Qt.ClickFocus)
-        self.reason_combo.setToolTip("the reason stored when you press U; pick one or type your own")
-        self.reason_combo.lineEdit().returnPressed.connect(self._focus_main)
-        self.reason_combo.lineEdit().installEventFilter(self)
-        self.reason_combo.activated.connect(lambda *_: self._focus_main())
-        self.toolbar.addWidget(self.reason_combo)
 
-    def _common_actions(self) -> list[Action]:
-        return [
-            Action(["Return", "Enter"], "accept the values on screen (saved at once) and go to the next model",
-                   self.accept_current, "decide", "Accept ⏎"),
-            Action(["U"], "mark this model unusable with the toolbar's reason, and go to the next",
-                   self.mark_unusable, "decide", "Unusable (U)"),
-            Action(["Ctrl+Z"], "undo the last decision of this session (again for earlier ones)",
-                   self.undo, "decide", "Undo (Ctrl+Z)"),
-            Action(["N"], "next model (edits not accepted are dropped)", self.next_model, "move", "Next (N)"),
-            Action(["P"], "previous model", self.previous_model, "move", "Prev (P)"),
-            Action(["F1", "?"], "show or hide this help", self.toggle_help, "help", "Keys (F1)"),
-        ]
+    def _show_filter(self, name: str) -> None:
+        """Put the filter box on ``name`` without triggering :meth:`set_filter`."""
+        if self.filter_combo.currentText() != name:
+            self.filter_combo.blockSignals(True)
+            self.filter_combo.setCurrentText(name)
+            self.filter_combo.blockSignals(False)
+
+    def help_action(self) -> Action:
+        """F1 / ?: the help overlay (every tool's last common action)."""
+        return Action(["F1", "?"], "show or hide this help", self.toggle_help, "help", "Keys (F1)")
+
+    def frame_actions(self) -> list[Action]:
+        """The actions listed before the tool's own (default: the help key)."""
+        return [self.help_action()]
 
     def _install_actions(self, actions: Sequence[Action]) -> None:
         self.qactions: dict[str, QtWidgets.QAction] = {}
@@ -398,22 +401,72 @@ class AnnotatorWindow(QtWidgets.QMainWindow):
             fn()
         return run
 
-    def _list_clicked(self, index: QtCore.QModelIndex) -> None:
-        if self.current is not None and self.position() == index.row():
-            return  # the model on screen: keep its edits
-        self._leave_message()
-        self.go_to(index.row())
+    # -- navigation ----------------------------------------------------------------
 
-    def eventFilter(self, obj, event):  # noqa: N802 - Qt API
-        """While the reason is being typed, Enter / Escape end the typing (they
-        are not the window's accept key then; letters were never shortcuts there)."""
-        if event.type() == QtCore.QEvent.ShortcutOverride and event.key() in (
-                QtCore.Qt.Key_Return, QtCore.Qt.Key_Enter, QtCore.Qt.Key_Escape):
-            event.accept()
-            if event.key() == QtCore.Qt.Key_Escape:
-                self._focus_main()
-            return True
-        return super().eventFilter(obj, event)
+    def show_first(self, start_model: str | None) -> str | None:
+        """Show the row of ``start_model`` (a model id or unique prefix; when it
+        is not in the list's filter, in "all"), else the first row. Returns the
+        model's full id (None without one)."""
+        start, mid = 0, None
+        if start_model:
+            mid = self.catalog.resolve_id(start_model)
+            pos = self.list_model.position_of(mid)
+            if pos is None and self.list_model.filter_name != "all":  # not in this filter: show everything
+                self.filter_combo.setCurrentText("all")
+                pos = self.list_model.position_of(mid)
+            if pos is None:
+                self.message(f"Model {mid[:12]} is in no {self.LIST_ITEM} of the list.", warn=True)
+            start = pos or 0
+        if self.list_model.rowCount():
+            self.go_to(start)
+        else:
+            self.show_empty()
+        return mid
+
+    def position(self) -> int | None:
+        """The current row's position in the list (None: not in it)."""
+        return self.list_model.position_of(self.current_key()) if self.current is not None else None
+
+    def set_filter(self, name: str) -> None:
+        """Show the rows of list ``name`` (keeps the current row when it is in it;
+        the filter box calls it)."""
+        keep = self.current_key() if self.current is not None else None
+        self.list_model.set_filter(name)
+        self._show_filter(name)
+        pos = self.list_model.position_of(keep) if keep else None
+        if pos is not None:
+            self._select(pos)
+            self._update_header()
+        elif self.list_model.rowCount():
+            self.go_to(0)
+        else:
+            self.show_empty()
+        self._focus_main()
+
+    def next_item(self) -> None:
+        """Go to the next row of the list."""
+        pos = self.position()
+        if pos is None:
+            self.go_to(0)
+        elif pos + 1 < self.list_model.rowCount():
+            self.go_to(pos + 1)
+        else:
+            self.message(f"This is the last {self.LIST_ITEM} of the list.")
+
+    def previous_item(self) -> None:
+        """Go to the previous row of the list."""
+        pos = self.position()
+        if pos is not None and pos > 0:
+            self.go_to(pos - 1)
+        else:
+            self.message(f"This is the first {self.LIST_ITEM} of the list.")
+
+    def _select(self, k: int) -> None:
+        """Highlight list row ``k`` and scroll to it."""
+        index = self.list_model.index(k, 0)
+        self.list_view.selectionModel().setCurrentIndex(
+            index, QtCore.QItemSelectionModel.ClearAndSelect | QtCore.QItemSelectionModel.Rows)
+        self.list_view.scrollTo(index)
 
     def _focus_main(self) -> None:
         self.tool_widget.setFocus()
@@ -433,6 +486,20 @@ class AnnotatorWindow(QtWidgets.QMainWindow):
         self.worker.stop()
         super().closeEvent(event)
 
+    # -- status ----------------------------------------------------------------------
+
+    def message(self, text: str, warn: bool = False) -> None:
+        """Show ``text`` in the status bar (red when ``warn``)."""
+        bar = self.statusBar()
+        bar.setStyleSheet("QStatusBar { color: #c62828; font-weight: bold; }" if warn else "")
+        bar.showMessage(text, 15000)
+
+    def toggle_help(self) -> None:
+        """F1 / ?: show or hide the key overlay."""
+        self.help.toggle()
+        if not self.help.isVisible():
+            self._focus_main()
+
     # -- hooks for the tools -----------------------------------------------------
 
     def build_central(self) -> QtWidgets.QWidget:
@@ -440,8 +507,126 @@ class AnnotatorWindow(QtWidgets.QMainWindow):
         raise NotImplementedError
 
     def tool_actions(self) -> list[Action]:
-        """The tool's own actions (added to the common ones)."""
+        """The tool's own actions (added after :meth:`frame_actions`)."""
         return []
+
+    def add_toolbar_choices(self) -> None:
+        """Add widgets to the toolbar after the filter (default: none)."""
+
+    def current_key(self) -> str:
+        """A model id of the current row (the list model's key)."""
+        raise NotImplementedError
+
+    def go_to(self, k: int) -> None:
+        """Show the row at list position ``k``."""
+        raise NotImplementedError
+
+    def show_empty(self) -> None:
+        """Nothing to show (the filtered list is empty)."""
+        raise NotImplementedError
+
+    def _update_header(self) -> None:
+        """Refresh the header line of the current row."""
+
+    def list_clicked(self, k: int) -> None:
+        """Row ``k`` of the list was clicked."""
+        raise NotImplementedError
+
+    def update_progress(self) -> None:
+        """Refresh the progress line (status bar; also every 5 seconds)."""
+        raise NotImplementedError
+
+    def _on_info(self, model_id: str, info: ModelInfo) -> None:
+        """The worker loaded a model."""
+
+    def _on_image(self, model_id: str, spec: ViewSpec, image: QtGui.QImage) -> None:
+        """The worker rendered a view."""
+
+    def _on_failed(self, model_id: str, message: str) -> None:
+        """The worker could not load or render a model."""
+
+
+class AnnotatorWindow(ToolWindow):
+    """The frame of a per-model annotation tool (heads, eyes; see the module docstring).
+
+    Args:
+        catalog: the open library catalog (used from the UI thread; the
+            caller closes it after the window is closed).
+        filter_name: the list filter to start with (one of ``FILTERS``).
+        start_model: a model id (or unique prefix) to show first; default:
+            the first row of the filtered list.
+        prefetch: render the next model in the background (the benchmark
+            turns it off to measure cold starts).
+
+    Signals: ``model_ready(model_id)`` when the current model's main views
+    are on screen (the subclass says when); ``decided(model_id, action)``
+    after a decision is committed (``"accept"``, ``"unusable"``, ``"undo"``).
+    """
+
+    model_ready = QtCore.pyqtSignal(str)
+
+    def __init__(self, catalog: Catalog, filter_name: str = "needs review", start_model: str | None = None,
+                 prefetch: bool = True, parent=None):
+        super().__init__(catalog, filter_name, prefetch, parent)
+        self.keys = TOOL_KEYS[self.TOOL]
+        self.session = AnnotationSession(catalog, self.keys)
+        self.current: Row | None = None
+        self.info: ModelInfo | None = None
+        self.dirty = False
+        self.shown_at = 0.0
+        self._ready_sent = False
+        self.build_frame(ModelListModel(load_rows(catalog, self.keys), filter_name, self))
+        self.show_first(start_model)
+
+    # -- frame ----------------------------------------------------------------
+
+    def add_toolbar_choices(self) -> None:
+        """The reason used by the unusable key."""
+        self.toolbar.addSeparator()
+        self.toolbar.addWidget(QtWidgets.QLabel(" Reason for U: "))
+        self.reason_combo = QtWidgets.QComboBox()
+        self.reason_combo.setEditable(True)
+        self.reason_combo.addItems(UNUSABLE_REASONS)
+        self.reason_combo.setMinimumContentsLength(18)
+        self.reason_combo.setSizeAdjustPolicy(QtWidgets.QComboBox.AdjustToMinimumContentsLengthWithIcon)
+        self.reason_combo.setFocusPolicy(QtCore.Qt.ClickFocus)
+        self.reason_combo.setToolTip("the reason stored when you press U; pick one or type your own")
+        self.reason_combo.lineEdit().returnPressed.connect(self._focus_main)
+        self.reason_combo.lineEdit().installEventFilter(self)
+        self.reason_combo.activated.connect(lambda *_: self._focus_main())
+        self.toolbar.addWidget(self.reason_combo)
+
+    def frame_actions(self) -> list[Action]:
+        return [
+            Action(["Return", "Enter"], "accept the values on screen (saved at once) and go to the next model",
+                   self.accept_current, "decide", "Accept ⏎"),
+            Action(["U"], "mark this model unusable with the toolbar's reason, and go to the next",
+                   self.mark_unusable, "decide", "Unusable (U)"),
+            Action(["Ctrl+Z"], "undo the last decision of this session (again for earlier ones)",
+                   self.undo, "decide", "Undo (Ctrl+Z)"),
+            Action(["N"], "next model (edits not accepted are dropped)", self.next_model, "move", "Next (N)"),
+            Action(["P"], "previous model", self.previous_model, "move", "Prev (P)"),
+            self.help_action(),
+        ]
+
+    def list_clicked(self, k: int) -> None:
+        if self.current is not None and self.position() == k:
+            return  # the model on screen: keep its edits
+        self._leave_message()
+        self.go_to(k)
+
+    def eventFilter(self, obj, event):  # noqa: N802 - Qt API
+        """While the reason is being typed, Enter / Escape end the typing (they
+        are not the window's accept key then; letters were never shortcuts there)."""
+        if event.type() == QtCore.QEvent.ShortcutOverride and event.key() in (
+                QtCore.Qt.Key_Return, QtCore.Qt.Key_Enter, QtCore.Qt.Key_Escape):
+            event.accept()
+            if event.key() == QtCore.Qt.Key_Escape:
+                self._focus_main()
+            return True
+        return super().eventFilter(obj, event)
+
+    # -- hooks for the tools (besides build_central and tool_actions) ------------
 
     def show_model(self, row: Row, info: ModelInfo | None) -> None:
         """Show ``row`` with its stored values (``info`` when already made)."""
@@ -474,29 +659,8 @@ class AnnotatorWindow(QtWidgets.QMainWindow):
 
     # -- navigation ----------------------------------------------------------------
 
-    def _resolve(self, prefix: str) -> str:
-        return self.catalog.resolve_id(prefix)
-
-    def set_filter(self, name: str) -> None:
-        """Show the models of list ``name`` (keeps the current model when it is in it)."""
-        keep = self.current.id if self.current else None
-        self.list_model.set_filter(name)
-        if self.filter_combo.currentText() != name:
-            self.filter_combo.blockSignals(True)
-            self.filter_combo.setCurrentText(name)
-            self.filter_combo.blockSignals(False)
-        pos = self.list_model.position_of(keep) if keep else None
-        if pos is not None:
-            self._select(pos)
-        elif self.list_model.rowCount():
-            self.go_to(0)
-        else:
-            self.show_empty()
-        self._focus_main()
-
-    def position(self) -> int | None:
-        """The current model's position in the list (None: not in it)."""
-        return self.list_model.position_of(self.current.id) if self.current else None
+    def current_key(self) -> str:
+        return self.current.id
 
     def go_to(self, k: int) -> None:
         """Show the model at list position ``k``."""
@@ -519,31 +683,15 @@ class AnnotatorWindow(QtWidgets.QMainWindow):
             self.worker.request(row.id, self.catalog.library / row.path, (), "now")
         self._prefetch()
 
-    def _select(self, k: int) -> None:
-        index = self.list_model.index(k, 0)
-        self.list_view.selectionModel().setCurrentIndex(
-            index, QtCore.QItemSelectionModel.ClearAndSelect | QtCore.QItemSelectionModel.Rows)
-        self.list_view.scrollTo(index)
-
     def next_model(self) -> None:
         """Go to the next model of the list (unaccepted edits are dropped)."""
         self._leave_message()
-        pos = self.position()
-        if pos is None:
-            self.go_to(0)
-        elif pos + 1 < self.list_model.rowCount():
-            self.go_to(pos + 1)
-        else:
-            self.message("This is the last model of the list.")
+        self.next_item()
 
     def previous_model(self) -> None:
         """Go to the previous model of the list."""
         self._leave_message()
-        pos = self.position()
-        if pos is not None and pos > 0:
-            self.go_to(pos - 1)
-        else:
-            self.message("This is the first model of the list.")
+        self.previous_item()
 
     def _leave_message(self) -> None:
         if self.dirty and self.current:
@@ -642,19 +790,9 @@ class AnnotatorWindow(QtWidgets.QMainWindow):
     def update_progress(self) -> None:
         """Refresh the progress line (status bar)."""
         p = progress_of(self.list_model.rows)
-        s = self.session
-        elapsed = time.monotonic() - s.started
-        rate = s.per_minute()
         self.progress_label.setText(
             f"<b>done {p.done:,} / {p.total:,}</b> ({p.reviewed:,} reviewed, {p.unusable:,} unusable; "
-            f"{p.to_review:,} to review) · this session: {s.decisions} in {_duration(elapsed)}, "
-            f"<b>{rate:.1f} models/min</b>")
-
-    def message(self, text: str, warn: bool = False) -> None:
-        """Show ``text`` in the status bar (red when ``warn``)."""
-        bar = self.statusBar()
-        bar.setStyleSheet("QStatusBar { color: #c62828; font-weight: bold; }" if warn else "")
-        bar.showMessage(text, 15000)
+            f"{p.to_review:,} to review) · {session_summary(self.session, 'models')}")
 
     def _update_header(self) -> None:
         row = self.current
@@ -687,12 +825,6 @@ class AnnotatorWindow(QtWidgets.QMainWindow):
         if not self._ready_sent and self.current is not None:
             self._ready_sent = True
             self.model_ready.emit(self.current.id)
-
-    def toggle_help(self) -> None:
-        """F1 / ?: show or hide the key overlay."""
-        self.help.toggle()
-        if not self.help.isVisible():
-            self._focus_main()
 
     # -- worker signals ------------------------------------------------------------
 
@@ -739,6 +871,16 @@ def _fmt(value) -> str:
     if isinstance(value, float):
         return f"{value:.3f}"
     return str(value)
+
+
+def session_summary(session, unit: str) -> str:
+    """The session part of a progress line: decisions, time, rate per minute.
+    ``session`` has ``decisions``, ``started`` (``time.monotonic()``) and
+    ``per_minute()`` (:class:`~mmdsynth.annotate.session.AnnotationSession`,
+    :class:`~mmdsynth.annotate.session.DedupSession`)."""
+    elapsed = time.monotonic() - session.started
+    return (f"this session: {session.decisions} in {_duration(elapsed)}, "
+            f"<b>{session.per_minute():.1f} {unit}/min</b>")
 
 
 def _duration(seconds: float) -> str:

@@ -25,7 +25,8 @@ from PyQt5 import QtCore, QtGui
 
 from mmdsynth.datasets.catalog import Catalog
 
-__all__ = ["FILTERS", "ModelListModel", "Progress", "Row", "load_rows", "progress_of", "row_matches"]
+__all__ = ["FILTERS", "FilteredListModel", "ModelListModel", "Progress", "Row", "load_rows", "progress_of",
+           "row_matches"]
 
 FILTERS = ("needs review", "reviewed", "unusable", "all")
 
@@ -125,61 +126,50 @@ _STATUS_GLYPH = {"unusable": ("✗", "#c62828", "marked unusable"),
                  "not_character": ("–", "#808080", "not a character")}
 
 
-class ModelListModel(QtCore.QAbstractTableModel):
-    """A Qt table model over :class:`Row` objects with one active filter.
+class FilteredListModel(QtCore.QAbstractTableModel):
+    """A Qt table model over ``rows`` showing those of one filter, in order.
 
-    Columns: state glyph (tooltip: what it means), name, group. The filtered list is a list of
-    indices into ``rows`` computed when the filter changes; a row whose state
-    changes stays where it is until the filter is chosen again (so "next"
-    after an accept is the next row of the list the person is working down).
+    The shown rows are a list of indices into ``rows`` computed when the
+    filter changes (:meth:`refilter`); ``index_of`` maps a key (a model id)
+    to its row index, for :meth:`position_of`. Subclasses set :attr:`COLUMNS`
+    and :attr:`FILTERS`, implement :meth:`shown` and ``data``.
     """
 
-    COLUMNS = ("", "model", "group")
+    COLUMNS: tuple[str, ...] = ()
+    FILTERS: tuple[str, ...] = ()
 
-    def __init__(self, rows: list[Row], filter_name: str = "needs review", parent=None):
+    def __init__(self, rows: list, filter_name: str, parent=None):
         super().__init__(parent)
-        self.rows = rows
-        self._by_id = {r.id: i for i, r in enumerate(rows)}
         self.filter_name = filter_name
-        self._visible = [i for i, r in enumerate(rows) if row_matches(r, filter_name)]
-        self._pos = {ri: k for k, ri in enumerate(self._visible)}
+        self.rows = rows
+        self.index_of: dict[str, int] = {}
 
-    # -- filtering -------------------------------------------------------------
+    def shown(self, row) -> bool:
+        """Whether ``row`` is in the list under the current filter."""
+        raise NotImplementedError
 
     def set_filter(self, name: str) -> None:
-        """Show the rows matching ``name`` (one of :data:`FILTERS`)."""
-        if name not in FILTERS:
-            raise ValueError(f"unknown filter {name!r} (known: {', '.join(FILTERS)})")
+        """Show the rows matching ``name`` (one of :attr:`FILTERS`)."""
+        if name not in self.FILTERS:
+            raise ValueError(f"unknown filter {name!r} (known: {', '.join(self.FILTERS)})")
         self.beginResetModel()
         self.filter_name = name
-        self._visible = [i for i, r in enumerate(self.rows) if row_matches(r, name)]
-        self._pos = {ri: k for k, ri in enumerate(self._visible)}
+        self.refilter()
         self.endResetModel()
 
-    def row_at(self, k: int) -> Row:
+    def refilter(self) -> None:
+        """Recompute the shown rows (inside a model reset)."""
+        self._visible = [i for i, r in enumerate(self.rows) if self.shown(r)]
+        self._pos = {ri: k for k, ri in enumerate(self._visible)}
+
+    def row_at(self, k: int):
         """The row shown at list position ``k``."""
         return self.rows[self._visible[k]]
 
-    def position_of(self, model_id: str) -> int | None:
-        """The list position of ``model_id`` under the current filter, or None."""
-        i = self._by_id.get(model_id)
+    def position_of(self, key: str) -> int | None:
+        """The list position of the row of ``key`` under the current filter, or None."""
+        i = self.index_of.get(key)
         return None if i is None else self._pos.get(i)
-
-    def row_of(self, model_id: str) -> Row | None:
-        """The row of ``model_id`` (whatever the filter), or None."""
-        i = self._by_id.get(model_id)
-        return None if i is None else self.rows[i]
-
-    def update_row(self, model_id: str, status: str, reason: str, state: str) -> None:
-        """Record a model's new status/state (after a decision or an undo)."""
-        i = self._by_id.get(model_id)
-        if i is None:
-            return
-        r = self.rows[i]
-        r.status, r.reason, r.state = status, reason, state
-        k = self._pos.get(i)
-        if k is not None:
-            self.dataChanged.emit(self.index(k, 0), self.index(k, len(self.COLUMNS) - 1))
 
     # -- Qt model API ------------------------------------------------------------
 
@@ -193,6 +183,43 @@ class ModelListModel(QtCore.QAbstractTableModel):
         if orientation == QtCore.Qt.Horizontal and role == QtCore.Qt.DisplayRole:
             return self.COLUMNS[section]
         return None
+
+
+class ModelListModel(FilteredListModel):
+    """A Qt table model over :class:`Row` objects with one active filter.
+
+    Columns: state glyph (tooltip: what it means), name, group. The filtered list is a list of
+    indices into ``rows`` computed when the filter changes; a row whose state
+    changes stays where it is until the filter is chosen again (so "next"
+    after an accept is the next row of the list the person is working down).
+    """
+
+    COLUMNS = ("", "model", "group")
+    FILTERS = FILTERS
+
+    def __init__(self, rows: list[Row], filter_name: str = "needs review", parent=None):
+        super().__init__(rows, filter_name, parent)
+        self.index_of = {r.id: i for i, r in enumerate(rows)}
+        self.refilter()
+
+    def shown(self, row: Row) -> bool:
+        return row_matches(row, self.filter_name)
+
+    def row_of(self, model_id: str) -> Row | None:
+        """The row of ``model_id`` (whatever the filter), or None."""
+        i = self.index_of.get(model_id)
+        return None if i is None else self.rows[i]
+
+    def update_row(self, model_id: str, status: str, reason: str, state: str) -> None:
+        """Record a model's new status/state (after a decision or an undo)."""
+        i = self.index_of.get(model_id)
+        if i is None:
+            return
+        r = self.rows[i]
+        r.status, r.reason, r.state = status, reason, state
+        k = self._pos.get(i)
+        if k is not None:
+            self.dataChanged.emit(self.index(k, 0), self.index(k, len(self.COLUMNS) - 1))
 
     def data(self, index, role=QtCore.Qt.DisplayRole):
         if not index.isValid():

@@ -275,11 +275,14 @@ class RenderWorker(QtCore.QObject):
                 self._images.move_to_end((model_id, spec))
             return image
 
-    def request(self, model_id: str, path: str | Path, specs=(), lane: str = "now", replace: bool = True) -> int:
+    def request(self, model_id: str, path: str | Path, specs=(), lane: str = "now", replace: bool = True,
+                front: bool = False) -> int:
         """Queue the model's info (when not made yet) and the renders of
         ``specs`` not in the cache, in ``lane`` (``"now"`` or ``"prefetch"``);
-        ``replace`` drops what was pending in that lane first. Returns the
-        number of jobs queued (0: everything is cached)."""
+        ``replace`` drops what was pending in that lane first; ``front`` puts
+        the jobs before the pending ones (e.g. the renders of a model whose
+        info just arrived, made while it is still loaded). Returns the number
+        of jobs queued (0: everything is cached)."""
         jobs = []
         with self._cond:
             if model_id not in self._infos and model_id not in self._errors:
@@ -291,9 +294,11 @@ class RenderWorker(QtCore.QObject):
             if replace:
                 queue.clear()
             queued = set(queue)
-            for job in jobs:
-                if job not in queued:
-                    queue.append(job)
+            new = [job for job in jobs if job not in queued]
+            if front:
+                queue.extendleft(reversed(new))
+            else:
+                queue.extend(new)
             self._cond.notify_all()
         return len(jobs)
 

@@ -1,7 +1,12 @@
-"""``mmdsynth annotate heads|eyes LIB``: the Qt annotation tools, and their benchmark.
+"""``mmdsynth annotate heads|eyes|dups LIB``: the Qt annotation tools, and their benchmark.
 
     mmdsynth annotate heads LIB [--show needs-review|reviewed|unusable|all] [--model ID_PREFIX]
     mmdsynth annotate eyes LIB  [--show ...] [--model ID_PREFIX]
+    mmdsynth annotate dups LIB  [--show needs-review|reviewed|all] [--model ID_PREFIX]
+
+``dups`` reviews the duplicate groups of ``mmdsynth dedup``: its list holds
+groups (needs review = some member undecided; reviewed = every member
+decided), and ``--model`` starts at the group holding that model.
 
 This module does not import Qt (only :mod:`mmdsynth.annotate` does); the
 tools are imported when a command runs. Without PyQt5 (the ``gui`` extra) or
@@ -29,28 +34,45 @@ _TOOLS = {
               "mmdsynth.annotate.heads", "HeadsWindow"),
     "eyes": ("wink, smile-wink and mouth morphs of each model, on a grid of face close-ups",
              "mmdsynth.annotate.eyes", "EyesWindow"),
+    "dups": ("duplicate groups found by mmdsynth dedup, members side by side: keep one, mark duplicates or "
+             "split the group", "mmdsynth.annotate.dups", "DupsWindow"),
+}
+
+#: ``--show`` values of each tool (default: every key of FILTER_CHOICES) and what they list
+_SHOW = {
+    "dups": {"needs-review": "groups with an undecided member", "reviewed": "groups whose members are all decided",
+             "all": "every group"},
 }
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``annotate heads`` and ``annotate eyes`` to ``subparsers``."""
+    """Add ``annotate heads``, ``annotate eyes`` and ``annotate dups`` to ``subparsers``."""
     p = subparsers.add_parser(
         "annotate",
-        help="Qt tools to review head bounds (heads) and eye/mouth morphs (eyes), pre-filled by the suggestions",
+        help="Qt tools to review head bounds (heads), eye/mouth morphs (eyes) and duplicate groups (dups)",
         description=(
             "Review a library's annotations in a window: the suggestion is shown, Enter accepts it (saved "
             "at once as 'human'), a drag or a digit corrects it, U marks the model unusable, Ctrl+Z undoes, "
-            "F1 lists every key. Needs PyQt5 (pip install 'mmdsynth[gui]') and a display (or Xvfb)."
+            "F1 lists every key. 'dups' shows each duplicate group side by side: K keeps the selected model "
+            "and marks the others duplicates, S splits it off. Needs PyQt5 (pip install 'mmdsynth[gui]') and "
+            "a display (or Xvfb)."
         ),
     )
     sub = p.add_subparsers(dest="tool", metavar="TOOL")
     sub.required = True
     for tool, (text, _, _) in _TOOLS.items():
-        q = sub.add_parser(tool, help=text, description=f"Annotate the {text}.")
+        q = sub.add_parser(tool, help=text, description=f"{'Review' if tool in _SHOW else 'Annotate'} the {text}.")
         q.add_argument("library", type=Path, metavar="LIB", help="library folder (made by mmdsynth add)")
-        q.add_argument("--show", choices=list(FILTER_CHOICES), default="needs-review",
-                       help="which models the list starts with (default: needs-review = suggested or missing)")
-        q.add_argument("--model", metavar="ID_PREFIX", help="start at this model (id or unique id prefix)")
+        if tool in _SHOW:
+            q.add_argument("--show", choices=list(_SHOW[tool]), default="needs-review",
+                           help="which groups the list starts with: " + "; ".join(
+                               f"{k} = {v}" for k, v in _SHOW[tool].items()) + " (default: needs-review)")
+            q.add_argument("--model", metavar="ID_PREFIX", help="start at the group holding this model "
+                           "(id or unique id prefix)")
+        else:
+            q.add_argument("--show", choices=list(FILTER_CHOICES), default="needs-review",
+                           help="which models the list starts with (default: needs-review = suggested or missing)")
+            q.add_argument("--model", metavar="ID_PREFIX", help="start at this model (id or unique id prefix)")
         q.set_defaults(func=cmd_annotate, annotate_tool=tool)
 
 
@@ -78,7 +100,7 @@ def _check_gui(tool: str) -> None:
 
 
 def cmd_annotate(args: argparse.Namespace) -> int:
-    """Run ``mmdsynth annotate heads|eyes``: opens the window, returns 0 when it is closed."""
+    """Run ``mmdsynth annotate heads|eyes|dups``: opens the window, returns 0 when it is closed."""
     import importlib
 
     from mmdsynth.datasets.catalog import Catalog, CatalogError

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -44,3 +45,22 @@ def gene_pmd(testdata) -> Path:
 @pytest.fixture(scope="session")
 def babylon_models(testdata) -> list[Path]:
     return sorted((testdata / "models" / "babylon-mmd").glob("*.pmx"))
+
+
+@pytest.fixture
+def lib(template_lib, tmp_path) -> Path:
+    """A fresh copy of the test module's ``template_lib`` library (built once
+    per module, changed freely by each test)."""
+    copy = tmp_path / "lib"
+    shutil.copytree(template_lib, copy, symlinks=True)
+    return copy
+
+
+@pytest.fixture
+def cat(lib):
+    """The catalog of :func:`lib`, open for the test."""
+    from mmdsynth.datasets.catalog import Catalog
+
+    catalog = Catalog.open(lib)
+    yield catalog
+    catalog.close()

@@ -11,7 +11,6 @@ import os
 
 os.environ["QT_QPA_PLATFORM"] = "offscreen"  # before Qt is imported: no display, no Xvfb needed
 
-import shutil
 import signal
 import sqlite3
 import subprocess
@@ -26,6 +25,8 @@ pytest.importorskip("PyQt5.QtWidgets")
 pytest.importorskip("pytestqt")
 
 from PyQt5 import QtCore, QtGui, QtWidgets  # noqa: E402
+
+from qtkit import key, show_window  # noqa: E402
 
 from mmdsynth.annotate.eyes import EyesWindow, candidate_tiles, face_spec  # noqa: E402
 from mmdsynth.annotate.heads import BOTTOM, FINE, TOP, HeadsWindow, tha1_spec  # noqa: E402
@@ -57,42 +58,14 @@ def template_lib(tmp_path_factory, gene_pmx) -> Path:
     return lib
 
 
-@pytest.fixture
-def lib(template_lib, tmp_path) -> Path:
-    copy = tmp_path / "lib"
-    shutil.copytree(template_lib, copy, symlinks=True)
-    return copy
-
-
-@pytest.fixture
-def cat(lib):
-    catalog = Catalog.open(lib)
-    yield catalog
-    catalog.close()
-
-
 def model_id(cat: Catalog, name_part: str) -> str:
     (rec,) = [r for r in cat.models() if name_part in r.name]
     return rec.id
 
 
 def open_window(qtbot, cls, cat, **kw):
-    """Show a tool window, make it the active window (shortcuts need one) and
-    wait until its first model is on screen."""
-    w = cls(cat, **kw)
-    qtbot.addWidget(w)
-    with qtbot.waitSignal(w.model_ready, timeout=60000):
-        w.show()
-        qtbot.waitExposed(w)
-        w.activateWindow()
-        QtWidgets.QApplication.setActiveWindow(w)
-    qtbot.waitUntil(lambda: QtWidgets.QApplication.activeWindow() is w, timeout=5000)
-    return w
-
-
-def key(qtbot, w, k, modifier=Qt.NoModifier):
-    target = QtWidgets.QApplication.focusWidget() or w
-    qtbot.keyClick(target, k, modifier)
+    """Show a tool window and wait until its first model is on screen."""
+    return show_window(qtbot, cls(cat, **kw), "model_ready")
 
 
 def drag(qtbot, widget, start: QtCore.QPoint, end: QtCore.QPoint, steps: int = 4):
