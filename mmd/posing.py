@@ -186,6 +186,27 @@ class Poser:
             return self.skeleton.solve(rot, trans, morphed.bone_rotations, morphed.bone_translations, quaternions=quats)
         return self.skeleton.solve(rot, trans, quaternions=quats)
 
+    def skeleton_at_rest(self, pose: Pose | None = None, morphed: MorphResult | None = None) -> bool:
+        """True when ``pose`` moves no bone: every rotation is the identity
+        (x = y = z = 0), every translation zero, and no bone morph is active
+        (``morphed``: :meth:`morph` of the same pose, computed when None).
+        Forward kinematics then gives the rest pose and every skinning matrix
+        is exactly the identity (IK is not solved, physics not simulated), so
+        the skinned mesh is the morphed rest mesh. Raises KeyError for an
+        unknown bone or morph."""
+        pose = pose or Pose()
+        if morphed is None:
+            morphed = self.morph(pose)
+        if morphed.bone_morphs_used:
+            return False
+        for key in (*pose.rotations, *pose.translations):
+            self.skeleton.bone_index(key)  # unknown bones raise KeyError, as in bones()
+        for value in pose.rotations.values():
+            q = np.asarray(value, np.float64)
+            if q.shape != (4,) or q[0] != 0.0 or q[1] != 0.0 or q[2] != 0.0 or not q[3] > 0.0:
+                return False
+        return all(np.shape(t) == (3,) and not np.any(np.asarray(t, np.float64)) for t in pose.translations.values())
+
     def skinning_matrices(self, pose: Pose | None = None, morphed: MorphResult | None = None) -> np.ndarray:
         """(B,4,4) float32 skinning matrices (global transform times inverse
         bind, column vectors: ``p' = M[:3,:3] p + M[:3,3]``) for ``pose``;

@@ -228,12 +228,13 @@ def _bounds(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _premultiply(rgba: np.ndarray) -> np.ndarray:
-    """(H,W,4) uint8 straight -> premultiplied (rounded), C-contiguous uint8."""
-    a = rgba[..., 3:4].astype(np.uint16)
-    out = np.empty_like(rgba)
-    out[..., :3] = ((rgba[..., :3].astype(np.uint16) * a + 127) // 255).astype(np.uint8)
-    out[..., 3] = rgba[..., 3]
-    return np.ascontiguousarray(out)
+    """(H,W,4) uint8 straight -> premultiplied, C-contiguous uint8: each colour
+    channel becomes round(c * a / 255). Pillow's ``RGBa`` mode does exactly
+    this rounding in C (``MULDIV255``), several times faster than numpy."""
+    from PIL import Image
+
+    rgba = np.ascontiguousarray(rgba, np.uint8)
+    return np.asarray(Image.fromarray(rgba, "RGBA").convert("RGBa"))
 
 
 def _skin_attributes(poser: Poser, n: int) -> dict[str, np.ndarray]:
@@ -330,6 +331,7 @@ class ModelRenderer:
         self._opaque_textures: set[int] = set()  # id() of GL textures whose alpha is 255 everywhere
         self._poser: Poser | None = None
         self._gpu = None  # GPU-skinning resources, made on first render_pose
+        self._last_morph: tuple | None = None  # (morph items, MorphResult) of the last pose
         self._released = False
         try:
             self._upload(model)
@@ -418,8 +420,11 @@ class ModelRenderer:
                     break
             if tex is None:
                 h, w = image.shape[:2]
-                tex = self._keep(self.ctx.texture((w, h), 4, _premultiply(image).tobytes()))
-                if int(image[..., 3].min()) == 255:
+                opaque = int(image[..., 3].min()) == 255
+                # Alpha 255 everywhere: premultiplying changes nothing.
+                data = np.ascontiguousarray(image, np.uint8) if opaque else _premultiply(image)
+                tex = self._keep(self.ctx.texture((w, h), 4, data.tobytes()))
+                if opaque:
                     self._opaque_textures.add(id(tex))
                 tex.repeat_x = tex.repeat_y = True
                 tex.build_mipmaps()
@@ -546,11 +551,13 @@ class ModelRenderer:
         ctx.front_face = "cw"  # PMX/PMD front faces are clockwise on screen (see framing.py)
         ctx.cull_face = "back"
 
-    def _vao(self, features: tuple, skinned: bool) -> moderngl.VertexArray:
+    def _vao(self, features: tuple, source: str) -> moderngl.VertexArray:
         """The vertex array of the material program with ``features`` (the
         keyword arguments of :func:`shaders.model_fs`, as a tuple) reading
-        CPU-posed (``skinned`` False) or GPU-skinned vertices; the frame's
-        uniforms are set on its program when it is first used in a frame."""
+        ``source`` vertices: ``"cpu"`` (CPU-posed positions and normals),
+        ``"gpu"`` (GPU-skinned) or ``"morphed"`` (morphed rest positions with
+        the rest normals: the skeleton is at rest); the frame's uniforms are
+        set on its program when it is first used in a frame."""
         prog = self._programs.get(features)
         if prog is None:
             prog = self._keep(self.ctx.program(vertex_shader=shaders.MODEL_VS,
@@ -569,20 +576,21 @@ class ModelRenderer:
                 else:
                     prog[name].value = value
             self._frame_of[features] = self._frame
-        key = (features, skinned)
+        key = (features, source)
         vao = self._vaos.get(key)
         if vao is None:
-            if skinned:
+            if source == "gpu":
                 content = [(self._gpu["skinned"], "3f 3f", "in_position", "in_normal")]
             else:
-                content = [(self.pos_buf, "3f", "in_position"), (self.nrm_buf, "3f", "in_normal")]
+                normals = self.nrm_buf if source == "cpu" else self.rest_nrm_buf
+                content = [(self.pos_buf, "3f", "in_position"), (normals, "3f", "in_normal")]
             if "in_uv" in prog:  # untextured variants have no UVs
                 content.append((self.uv_buf, "2f", "in_uv"))
             vao = self._keep(self.ctx.vertex_array(prog, content, index_buffer=self.ibo, index_element_size=4))
             self._vaos[key] = vao
         return vao
 
-    def _draw_materials(self, skinned: bool, materials: list[Material],
+    def _draw_materials(self, source: str, materials: list[Material],
                         tint_mul: np.ndarray | None, tint_add: np.ndarray | None) -> None:
         """Draw every material in file order with the shader variant it needs."""
         ctx = self.ctx
@@ -617,7 +625,7 @@ class ModelRenderer:
                 ("sphere", int(mat.sphere_mode) if sphere is not None else 0),
                 ("double_sided", double_sided),
             )
-            vao = self._vao(features, skinned)
+            vao = self._vao(features, source)
             prog = vao.program
             if tex is not None:
                 tex.use(0)
@@ -689,27 +697,44 @@ class ModelRenderer:
         if self.n_vertices:
             self.nrm_buf.write(normals)
         self._write_uvs(posed.uvs)
-        if self.n_vertices:
-            lo, hi = _bounds(positions)
-            z_range = self._padded(lo[2], hi[2], 0.01, 1e-3)
-        else:
-            z_range = (-1.0, 1.0)
+        z_range = self._padded(*self._z_bounds(positions), 0.01, 1e-3) if self.n_vertices else (-1.0, 1.0)
         self._set_frame(target, framing, lighting, z_range)
         materials = posed.materials if posed.materials is not None else self.model.materials
-        self._draw_materials(False, materials, getattr(posed, "material_tint_mul", None),
+        self._draw_materials("cpu", materials, getattr(posed, "material_tint_mul", None),
                              getattr(posed, "material_tint_add", None))
         return self._resolve_and_read(target)
 
-    def _prepare_pose(self, pose: Pose | None):
+    def _prepare_pose(self, pose: Pose | None, skin: bool = True):
         """Morphs and forward kinematics on the CPU; uploads morphed rest
         positions (changed rows), UVs (changed rows) and the bone texture, then
         skins every vertex once on the GPU (transform feedback into the
         skinned-vertex buffer). Returns (morph result, bone pose, GPU resources,
-        morphed positions (N,3) float32)."""
-        gpu = self._gpu_resources()
+        morphed positions (N,3) float32).
+
+        With ``skin`` False and a pose that leaves every bone at rest (no bone
+        rotation or translation, no bone morph: an expression-only pose), the
+        forward kinematics and the skinning pass are skipped: the skinning
+        shader maps a vertex of unmoved bones to itself exactly, so drawing the
+        morphed rest positions with the rest normals gives the same pixels.
+        The bone pose returned is then None."""
         poser = self.poser
         pose = pose if pose is not None else Pose()
-        morphed = poser.morph(pose)
+        # The dataset renders an expression-only and a full pose with the same
+        # morphs one after the other: evaluate them once.
+        try:
+            key = tuple((k, float(v)) for k, v in pose.morphs.items())
+        except (TypeError, ValueError):
+            key = None  # a bad weight: poser.morph says what is wrong
+        if key is not None and self._last_morph is not None and self._last_morph[0] == key:
+            morphed = self._last_morph[1]
+        else:
+            morphed = poser.morph(pose)
+            self._last_morph = (key, morphed)
+        if not skin and poser.skeleton_at_rest(pose, morphed):
+            positions = self._write_positions(morphed.positions)
+            self._write_uvs(morphed.uvs)
+            return morphed, None, None, positions
+        gpu = self._gpu_resources()
         bones = poser.bones(pose, morphed)
         positions = self._write_positions(morphed.positions)
         self._write_uvs(morphed.uvs)
@@ -733,7 +758,9 @@ class ModelRenderer:
 
         Morphs and forward kinematics run on the CPU (this renderer's
         :attr:`poser`), skinning in the vertex shader (reproducing
-        :func:`~mmdsynth.mmd.posing.pose_model`'s skinning in float32).
+        :func:`~mmdsynth.mmd.posing.pose_model`'s skinning in float32). A pose
+        that moves no bone (e.g. the dataset's expression-only ``morphed``
+        image) skips the kinematics and the skinning pass, with the same pixels.
 
         Args:
             pose: a :class:`~mmdsynth.mmd.posing.Pose` (None: the rest pose).
@@ -750,11 +777,25 @@ class ModelRenderer:
         self._check()
         lighting = lighting if lighting is not None else Lighting()
         target = self._target(framing.width, framing.height)
-        morphed, bones, gpu, positions = self._prepare_pose(pose)
-        z_range = self._skinned_z_range(positions, bones)
+        morphed, bones, _, positions = self._prepare_pose(pose, skin=False)
+        if bones is None:
+            # The padding of _skinned_z_range (whose boxes are all the rest box
+            # here): the same depth range, so the same pixels as skinning.
+            z_range = self._padded(*self._z_bounds(positions), 0.25, 1.0)
+            source = "morphed"
+        else:
+            z_range = self._skinned_z_range(positions, bones)
+            source = "gpu"
         self._set_frame(target, framing, lighting, z_range)
-        self._draw_materials(True, morphed.materials, morphed.tint_mul, morphed.tint_add)
+        self._draw_materials(source, morphed.materials, morphed.tint_mul, morphed.tint_add)
         return self._resolve_and_read(target)
+
+    def _z_bounds(self, positions: np.ndarray) -> tuple[float, float]:
+        """(min, max) Z of ``positions`` (N,3) (-1, 1 for an empty model)."""
+        if not self.n_vertices:
+            return (-1.0, 1.0)
+        lo, hi = _bounds(positions)
+        return float(lo[2]), float(hi[2])
 
     def _skinned_z_range(self, positions: np.ndarray, bones) -> tuple[float, float]:
         """A depth range that encloses the GPU-skinned mesh: the morphed rest

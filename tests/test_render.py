@@ -388,6 +388,47 @@ def test_gpu_skinning_matches_pose_model(gene):
     assert diff.mean() < 0.05 and (diff.max(axis=-1) > 16).sum() <= 3
 
 
+def test_expression_only_pose_skips_skinning_with_the_same_pixels(gene, monkeypatch):
+    model, renderer, framing = gene
+    expression = pose_of("left_eye=0.8,mouth=0.6", GENE_MORPHS)  # head/neck rotations at 0 = identity
+    assert expression.rotations and renderer.poser.skeleton_at_rest(expression)
+    light = Lighting(ambient=0.6, directional=0.4)
+    fast = renderer.render_pose(expression, framing, light)
+    rest = renderer.render_pose(None, framing, light)
+    calls = []
+    real_bones = renderer.poser.bones
+    monkeypatch.setattr(renderer.poser, "skeleton_at_rest", lambda *a, **k: False)  # force FK + GPU skinning
+    monkeypatch.setattr(renderer.poser, "bones", lambda *a, **k: calls.append(1) or real_bones(*a, **k))
+    assert renderer.render_pose(expression, framing, light).tobytes() == fast.tobytes()
+    assert renderer.render_pose(None, framing, light).tobytes() == rest.tobytes()
+    assert len(calls) == 2
+    assert fast.tobytes() != rest.tobytes()  # the morphs did change the picture
+
+
+def test_skeleton_at_rest_only_without_bone_motion(gene):
+    model, renderer, framing = gene
+    poser = renderer.poser
+    assert poser.skeleton_at_rest(Pose()) and poser.skeleton_at_rest(Pose(morphs={GENE_MORPHS.mouth: 1.0}))
+    assert poser.skeleton_at_rest(Pose(rotations={"頭": (0.0, 0.0, 0.0, 2.0)}, translations={"首": (0, 0, 0)}))
+    assert not poser.skeleton_at_rest(Pose(rotations={"頭": (0.0, 0.01, 0.0, 1.0)}))
+    assert not poser.skeleton_at_rest(Pose(translations={"首": (0.0, 0.0, 1e-6)}))
+    assert not poser.skeleton_at_rest(Pose(rotations={"頭": (0.0, 0.0, 0.0, 0.0)}))  # invalid: the full path raises
+    with pytest.raises(KeyError):
+        poser.skeleton_at_rest(Pose(rotations={"no such bone": (0.0, 0.0, 0.0, 1.0)}))
+    with pytest.raises(KeyError):
+        renderer.render_pose(Pose(rotations={"no such bone": (0.0, 0.0, 0.0, 1.0)}), framing)
+
+
+def test_texture_premultiply_rounds_like_the_formula():
+    from mmdsynth.render.renderer import _premultiply
+
+    c, a = np.meshgrid(np.arange(256), np.arange(256))
+    out = _premultiply(np.stack([c, 255 - c, c // 2, a], -1).astype(np.uint8))
+    for k, channel in enumerate((c, 255 - c, c // 2)):
+        assert np.array_equal(out[..., k], (channel * a + 127) // 255)  # round(c * a / 255) for every pair
+    assert np.array_equal(out[..., 3], a) and out.dtype == np.uint8 and out.flags.c_contiguous
+
+
 @pytest.mark.parametrize("builder", ["quad_model", "full_model"])
 def test_gpu_skinning_sdef_qdef_match_pose_model(builder):
     modelkit = pytest.importorskip("modelkit")

@@ -513,6 +513,9 @@ def test_pre_encoded_chunks_read_back_exactly(tmp_path, compression, level):
         np.testing.assert_array_equal(f["rest"][0], images[0])
         np.testing.assert_array_equal(f["morphed"][()], images[[1, 3]])
         np.testing.assert_array_equal(f["posed"][()], images[[2, 4]])
+        # An array and its pre-encoded chunk are stored as the same bytes (one encoder per codec).
+        mask, chunk = f["morphed"].id.read_direct_chunk((1, 0, 0, 0))
+        assert mask == 0 and bytes(chunk) == S.encode_images(images[3:4], compression, level)[0].data
     with pytest.raises(ValueError, match="encoded as"):
         with S.ShardWriter(tmp_path / "x.h5", make_meta(), num_examples=1, compression="gzip", compression_level=9) as w:
             w.add_model("a", "A", "a", encoded[0], light=(1.0, 0.5))
