@@ -9,8 +9,10 @@ What counts as a duplicate
 ==========================
 
 1. **Same bytes**: the catalog id is the sha256 of the file, so a byte copy never
-   gets a second catalog row; ``mmdsynth scan`` records every file it found
-   (``model_files``) and :meth:`Catalog.byte_copies` lists the copies.
+   gets a second catalog row. ``mmdsynth scan`` records every model file it
+   extracted into the library (``model_files``; :meth:`Catalog.byte_copies`
+   lists the copies); a loose download whose bytes are already catalogued is
+   not copied at all, only noted in ``scan_sources`` ("same bytes as ...").
 2. **Same geometry** (``kind = 'geometry'``, distance 0): the rest-pose mesh
    hashed after quantisation (:func:`geometry_signature`): every vertex used by
    a face is rounded to a grid of :data:`GEOMETRY_QUANTUM` MMD units (1e-3; a
