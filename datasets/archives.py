@@ -609,6 +609,8 @@ def _rar_members(path: Path, label: str, writer: _Writer, base: Path) -> None:
         raise ArchiveError(f"{label}: not a readable RAR archive (truncated or damaged: {one_line(exc, 300) or type(exc).__name__})") from None
     with rf:
         infos = rf.infolist()
+        if not infos:  # rarfile stops quietly at a damaged header; a real RAR download is never empty
+            raise ArchiveError(f"{label}: not a readable RAR archive (no members: truncated or damaged)")
         if rf.needs_password():
             raise ArchiveError(f"{label}: encrypted RAR archive (password needed); skipped")
         writer.check_declared(sum(int(i.file_size or 0) for i in infos if not i.is_dir()), len(infos))

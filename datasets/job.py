@@ -5,7 +5,9 @@ Flow (``mmdsynth render SPEC.toml``):
 1. The library's catalog gives one :class:`~.plan.PlanModel` per usable model
    (status ``ok``; head bounds and morph slots from its annotations).
 2. :func:`~.plan.plan_all` plans every split; models that failed in an
-   earlier attempt (``index.json`` ``failed``) are replaced locally.
+   earlier attempt (``index.json`` ``failed``) are replaced locally. Shards
+   that ``index.json`` lists beyond the plan (the spec now asks for fewer
+   examples or larger shards) are dropped from it and deleted.
 3. This node's shards (:func:`~.plan.shards_for_node`) that are not complete
    already (listed in ``index.json`` with the same plan fingerprint and a
    matching sha256) are cut into *units*: one model's examples in one shard.
@@ -200,8 +202,9 @@ def renderer_label(renderer, gl_renderer: str) -> str:
 
 @dataclass
 class JobReport:
-    """What a run did: shards written and kept, examples rendered, models
-    skipped or failed (with reasons), images per second, warnings."""
+    """What a run did: shards written and kept, examples (and morphed + posed
+    images) written in this run's shards, models skipped or failed (with
+    reasons), images written per second, warnings."""
 
     shards_written: list[Path] = field(default_factory=list)
     shards_kept: list[Path] = field(default_factory=list)
@@ -365,13 +368,29 @@ def run_job(spec: RenderSpec, out_dir: str | Path | None = None, workers: int | 
 
 def _record_plans(plans: dict[str, SplitPlan], report: JobReport, log) -> None:
     for name, plan in plans.items():
-        update_index(plan.split_dir, split=name, skipped=plan.skipped_records(), planned=plan.planned_record())
+        stale = _stale_shards(plan)
+        update_index(plan.split_dir, split=name, skipped=plan.skipped_records(), planned=plan.planned_record(),
+                     remove=stale)
+        for file in stale:  # unlisted first, then removed: a kill in between leaves an unread file, never a listed gap
+            (plan.split_dir / file).unlink(missing_ok=True)
+        if stale:
+            log(f"split {name}: removed {len(stale)} shard(s) beyond the {len(plan.shards)} the spec now plans "
+                f"({', '.join(stale[:3])}{', ...' if len(stale) > 3 else ''})")
         report.skipped[name] = plan.skipped_records()
         for w in plan.warnings:
             report.warnings.append(w)
             log(f"warning: {w}")
         for s in plan.skipped:
             log(f"skipped {s.name or s.model_id} ({s.path}): {s.reason}")
+
+
+def _stale_shards(plan: SplitPlan) -> list[str]:
+    """Shard files ``index.json`` lists that the plan no longer has (an earlier
+    run of the spec asked for more examples or smaller shards): left listed,
+    :func:`~.shards.open_split` would read them as part of the split."""
+    planned = {s.path.name for s in plan.shards}
+    return [s["file"] for s in load_index(plan.split_dir)["shards"]
+            if s["file"] not in planned and s["file"] == Path(s["file"]).name]
 
 
 def _render_shards(spec: RenderSpec, shards: list[ShardPlan], workers: int, progress: bool, report: JobReport,
@@ -404,11 +423,12 @@ def _render_shards(spec: RenderSpec, shards: list[ShardPlan], workers: int, prog
                 continue
             report.peak_rss_kib = max(report.peak_rss_kib, result.peak_rss_kib)
             bar.update(2 * len(result.images))
-            report.images += 2 * len(result.images)
-            report.examples += len(result.images)
             writer = assemblies[key].add(result)
             if writer is not None:
                 info = writer.close()
+                # counted once written: the images of a shard dropped for a failed model are not output
+                report.examples += len(shard.examples)
+                report.images += 2 * len(shard.examples)
                 update_index(shard.path.parent, shard=info, split=shard.split)
                 report.shards_written.append(shard.path)
                 dead.add(key)

@@ -306,8 +306,9 @@ def _id_key(model_id: int | str) -> tuple[int, int | str]:
 def select_models(split: SplitSpec, models: Iterable[PlanModel]) -> list[PlanModel]:
     """The records a split's selection picks, sorted by id.
 
-    Raises PlanError: a listed id is not among ``models``, a listed group has
-    no model, or the selection picks nothing.
+    Raises PlanError: a listed id is not among ``models``, two listed ids (or
+    id prefixes) name the same model, a listed group has no model, or the
+    selection picks nothing.
     """
     models = list(models)
     sel = split.models
@@ -322,18 +323,22 @@ def select_models(split: SplitSpec, models: Iterable[PlanModel]) -> list[PlanMod
     elif sel.kind == "ids":
         by_id = {m.model_id: m for m in models}
         chosen, missing = [], []
+        listed_as: dict[int | str, int | str] = {}  # model id -> the spec's entry that named it
         for i in sel.ids:
-            if i in by_id:
-                chosen.append(by_id[i])
-                continue
             # A string may be a unique prefix of a (sha256) id, as the catalog shows them.
-            hits = [m for m in models if isinstance(i, str) and isinstance(m.model_id, str) and m.model_id.startswith(i)]
-            if len(hits) == 1:
-                chosen.append(hits[0])
-            elif len(hits) > 1:
+            hits = [by_id[i]] if i in by_id else [
+                m for m in models if isinstance(i, str) and isinstance(m.model_id, str) and m.model_id.startswith(i)]
+            if len(hits) > 1:
                 raise PlanError(f"split {split.name}: model id prefix {i!r} matches {len(hits)} models; give more characters")
-            else:
+            if not hits:
                 missing.append(i)
+                continue
+            m = hits[0]
+            if m.model_id in listed_as:
+                raise PlanError(f"split {split.name}: ids {listed_as[m.model_id]!r} and {i!r} name the same model "
+                                f"{str(m.model_id)[:12]!r}; list it once")
+            listed_as[m.model_id] = i
+            chosen.append(m)
         if missing:
             more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
             raise PlanError(f"split {split.name}: model id{'s' if len(missing) > 1 else ''} {', '.join(repr(i) for i in missing[:5])}{more} not in the library")

@@ -47,7 +47,8 @@ Each archive and loose model file handled is recorded in the catalog's
 ``scan_sources`` table (path, size, mtime, sha256, state). A rerun skips
 sources whose path, size and modification time are unchanged, archives whose
 bytes equal one already extracted, and models whose bytes (the catalog id) are
-already in the library. An archive whose extraction finished but whose models
+already in the library. Archives that were refused or could not be read are
+tried again (an unrar tool may have been installed, the limits raised). An archive whose extraction finished but whose models
 were not all recorded (a crash) is resumed, not extracted again.
 
 Test hooks
@@ -79,7 +80,7 @@ from typing import Any
 from .archives import ArchiveError, ArchiveLimits, ArchiveRefused, extract_archive, is_archive_name
 from .catalog import MODELS_DIRNAME, Catalog, ModelRecord, ScanSource, check_value
 from .library import MODEL_SUFFIXES, SuggestFn, safe_name, write_model_files
-from .text import human_bytes, is_terminal, one_line
+from .text import count, human_bytes, is_terminal, one_line
 
 __all__ = [
     "IsolatedPool",
@@ -88,12 +89,14 @@ __all__ = [
     "ScanReport",
     "TaskOutcome",
     "WorkerStartError",
+    "check_downloads",
     "default_workers",
     "inspect_model_file",
     "scan_downloads",
 ]
 
 _SKIP_DIRS = {"__MACOSX"}
+_MAX_WAIT_S = 3600.0
 PARTIAL_PREFIX = ".partial-"
 TMP_DIRNAME = ".tmp"
 LOCK_NAME = ".scan.lock"
@@ -333,8 +336,8 @@ class IsolatedPool:
             wait_for = min(deadlines) - now if deadlines else None
             if end is not None:
                 wait_for = min(wait_for, end - now) if wait_for is not None else end - now
-            if wait_for is not None:
-                wait_for = max(0.0, wait_for)
+            if wait_for is not None:  # capped: the OS wait takes at most ~24 days; the loop waits again
+                wait_for = min(max(0.0, wait_for), _MAX_WAIT_S)
             handles = [s.conn for s in busy] + [s.process.sentinel for s in busy]
             ready = set(multiprocessing.connection.wait(handles, wait_for))
             now = time.perf_counter()
@@ -486,7 +489,8 @@ class ScanReport:
 
     Archives: ``archives`` seen, ``extracted``, ``refused`` (unsafe, over a
     limit), ``archive_errors`` (unreadable), ``skipped`` (sources already
-    scanned, archives and loose files). Models: ``models`` files looked at,
+    scanned, archives and loose files; ``skipped_archives`` of them archives,
+    an archive whose bytes equal another's included). Models: ``models`` files looked at,
     ``ok``, ``errors``, ``not_characters``, ``present`` (bytes already in the
     library). ``bytes_extracted``. ``messages``: one line each (refusals,
     errors, skipped members). ``seconds``: wall time."""
@@ -496,6 +500,7 @@ class ScanReport:
     refused: int = 0
     archive_errors: int = 0
     skipped: int = 0
+    skipped_archives: int = 0
     models: int = 0
     ok: int = 0
     errors: int = 0
@@ -506,12 +511,19 @@ class ScanReport:
     messages: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
-        """The end-of-scan summary (two lines)."""
+        """The end-of-scan summary (two lines: archives, models), e.g.
+        ``archives 7: 5 extracted, 1 refused, 1 unreadable, 0 already scanned; 18.5 MiB extracted``
+        and ``models 8: 3 ok, 2 errors, 0 not characters, 3 already in the library (1.9 s)``
+        (with ``; N loose model files already scanned`` before the time when a
+        rerun skipped some)."""
+        loose = self.skipped - self.skipped_archives
         return (f"archives {self.archives}: {self.extracted} extracted, {self.refused} refused, "
-                f"{self.archive_errors} unreadable; {self.skipped} already scanned; "
+                f"{self.archive_errors} unreadable, {self.skipped_archives} already scanned; "
                 f"{human_bytes(self.bytes_extracted)} extracted\n"
                 f"models {self.models}: {self.ok} ok, {self.errors} errors, {self.not_characters} not characters, "
-                f"{self.present} already in the library ({self.seconds:.1f} s)")
+                f"{self.present} already in the library"
+                + (f"; {count(loose, 'loose model file')} already scanned" if loose else "")
+                + f" ({self.seconds:.1f} s)")
 
 
 def _format_of(data: bytes) -> str:
@@ -545,19 +557,28 @@ class _Source:
 
 def find_sources(downloads: Path, exclude: Iterable[Path] = ()) -> tuple[list[_Source], list[str]]:
     """Archives and loose model files under ``downloads`` (sorted), with their
-    source groups, and messages for what was skipped (links, special files).
-    Folders are not followed through links; hidden folders, ``__MACOSX`` and
-    ``._*`` files are skipped, as is anything under ``exclude``."""
+    source groups, and messages for what was skipped (links to files or
+    folders, special files, folders that cannot be read). Folders are not
+    followed through links; hidden folders, ``__MACOSX`` and ``._*`` files
+    are skipped silently, as is anything under ``exclude``."""
     skip = [os.path.realpath(e) for e in exclude]
     out: list[_Source] = []
     notes: list[str] = []
     root = downloads
-    for base, dirs, files in os.walk(root):
+
+    def unreadable(exc: OSError) -> None:
+        notes.append(f"{exc.filename}: cannot read this folder: {exc.strerror or exc}; skipped")
+
+    for base, dirs, files in os.walk(root, onerror=unreadable):
         real = os.path.realpath(base)
         if any(real == s or real.startswith(s + os.sep) for s in skip):
             dirs[:] = []
             continue
         dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in _SKIP_DIRS)
+        for d in [d for d in dirs if os.path.islink(os.path.join(base, d))]:
+            notes.append(f"{Path(base) / d}: a link to a folder; skipped (links are not followed: "
+                         "give the folder it points to, or move it here)")
+            dirs.remove(d)
         for f in sorted(files):
             low = f.lower()
             if f.startswith("._") or not (low.endswith(MODEL_SUFFIXES) or is_archive_name(f)):
@@ -635,6 +656,16 @@ class _Scan:
                                      refresh=False)
             self.bar.update(1)
 
+    def _label(self, src: _Source) -> str:
+        """How messages name a source: its path under DOWNLOADS (``group/name.zip``)."""
+        return src.path.relative_to(self.downloads).as_posix()
+
+    def _skip(self, src: _Source) -> None:
+        self.report.skipped += 1
+        if src.kind == "archive":
+            self.report.skipped_archives += 1
+        self._tick()
+
     # -- sources -------------------------------------------------------------
 
     def submit_source(self, src: _Source) -> None:
@@ -642,12 +673,14 @@ class _Scan:
         row = self.catalog.scan_source(key)
         if src.kind == "archive":
             self.report.archives += 1
-        if row is not None and row.size == src.size and row.mtime_ns == src.mtime_ns:
+        # An archive that failed is tried again: the cause may have gone (an unrar
+        # tool installed, limits raised, memory freed), and its message is shown again.
+        retry = src.kind == "archive" and row is not None and row.state in ("error", "refused")
+        if row is not None and row.size == src.size and row.mtime_ns == src.mtime_ns and not retry:
             if row.state == "extracted":
                 self._resume_archive(src, row)
                 return
-            self.report.skipped += 1
-            self._tick()
+            self._skip(src)
             return
         try:
             digest = _sha256_file(src.path)
@@ -666,8 +699,7 @@ class _Scan:
                 self.catalog.record_scan_source(ScanSource(key, "archive", src.size, src.mtime_ns, digest, src.group,
                                                            same.target if same else "", "done", f"same bytes as {same_path}",
                                                            same.models if same else 0, 0))
-                self.report.skipped += 1
-                self._tick()
+                self._skip(src)
                 return
             self.inflight[digest] = key
             self._submit_archive(src, digest)
@@ -695,9 +727,8 @@ class _Scan:
         group_dir.mkdir(parents=True, exist_ok=True)
         partial = group_dir / f"{PARTIAL_PREFIX}{uuid.uuid4().hex[:12]}"
         partial.mkdir()
-        label = str(src.path.relative_to(self.downloads))
         self.pool.submit(("archive", str(src.path), src, digest, rel, str(partial)),
-                         _extract_task, (str(src.path), str(partial), self.limits.archive, label),
+                         _extract_task, (str(src.path), str(partial), self.limits.archive, self._label(src)),
                          timeout=self.limits.extract_timeout_s)
 
     def _resume_archive(self, src: _Source, row: ScanSource) -> None:
@@ -718,11 +749,10 @@ class _Scan:
         models = [p for p in find_model_files([folder]) if p.is_file() and not p.is_symlink()]
         self.archive_pending[row.path] = 0
         self.archive_found[row.path] = len(models)
-        self._bar_total(len(models))
-        for p in models:
-            rel = p.relative_to(self.lib).as_posix()
-            if rel in self.known_files:
-                continue
+        todo = [(p, p.relative_to(self.lib).as_posix()) for p in models]
+        todo = [(p, rel) for p, rel in todo if rel not in self.known_files]  # recorded before a crash
+        self._bar_total(len(todo))
+        for p, rel in todo:
             self.report.models += 1
             try:
                 data = p.read_bytes()
@@ -748,9 +778,9 @@ class _Scan:
         if self.archive_pending.get(key) == 0:
             row = self.archive_rows.pop(key)
             del self.archive_pending[key]
-            count = self.archive_found.pop(key, 0)
+            found = self.archive_found.pop(key, 0)
             self.catalog.record_scan_source(ScanSource(row.path, "archive", row.size, row.mtime_ns, row.sha256, row.group,
-                                                       row.target, "done", row.message, count, row.bytes))
+                                                       row.target, "done", row.message, found, row.bytes))
 
     # -- outcomes ------------------------------------------------------------
 
@@ -766,7 +796,7 @@ class _Scan:
     def _archive_done(self, outcome: TaskOutcome) -> None:
         _, key, src, digest, rel, partial = outcome.key
         partial = Path(partial)
-        value = outcome.value if outcome.ok else {"state": "error", "message": f"{src.path.name}: {outcome.error}"}
+        value = outcome.value if outcome.ok else {"state": "error", "message": f"{self._label(src)}: {outcome.error}"}
         if outcome.kind in ("timeout", "memory", "crashed"):
             value["state"] = "refused"
         state = value["state"]
@@ -788,7 +818,7 @@ class _Scan:
         for m in messages[:50]:
             self._note(m)
         if len(messages) > 50:
-            self._note(f"{src.path.name}: ... and {len(messages) - 50} more skipped members")
+            self._note(f"{self._label(src)}: ... and {len(messages) - 50} more skipped members")
         message = " | ".join(messages[:20]) + (f" | ... {len(messages) - 20} more" if len(messages) > 20 else "")
         has_models = any(f.lower().endswith(MODEL_SUFFIXES) for f in value["files"])
         if not has_models:
@@ -797,7 +827,7 @@ class _Scan:
             note = "no PMX/PMD model inside; nothing kept"
             self.catalog.record_scan_source(ScanSource(key, "archive", src.size, src.mtime_ns, digest, src.group, "",
                                                        "done", (message + " | " if message else "") + note, 0, value["bytes"]))
-            self._note(f"{src.path.name}: {note}")
+            self._note(f"{self._label(src)}: {note}")
             return
         folder = self.lib / Path(*rel.split("/"))
         os.rename(partial, folder)
@@ -929,6 +959,24 @@ class _Scan:
                                                    result.get("reason", "") if word == "error" else "", 1, len(data)))
 
 
+def check_downloads(downloads: str | os.PathLike, library: str | os.PathLike) -> Path:
+    """Check that ``downloads`` can be scanned into ``library`` (which need not
+    exist yet, so a caller can check before it creates the library).
+
+    Returns ``downloads`` as an absolute path. Raises :class:`ScanError` (one
+    line) when it does not exist, is not a folder, or is the library or inside
+    it."""
+    downloads = Path(downloads).absolute()
+    if not downloads.exists():
+        raise ScanError(f"{downloads}: no such folder")
+    if not downloads.is_dir():
+        raise ScanError(f"{downloads}: not a folder (give the folder that holds the downloads)")
+    if _inside(downloads, Path(library)):
+        raise ScanError(f"{downloads}: the downloads folder is inside the library {Path(library).absolute()}; "
+                        "give a folder outside it")
+    return downloads
+
+
 def scan_downloads(catalog: Catalog, downloads: str | os.PathLike, workers: int | None = None,
                    limits: ScanLimits | None = None, suggest: SuggestFn | None = None,
                    load_fn: Callable | None = None, progress: bool = True,
@@ -959,12 +1007,8 @@ def scan_downloads(catalog: Catalog, downloads: str | os.PathLike, workers: int 
         OSError: the library's file system fails (disk full).
     """
     start = time.perf_counter()
-    downloads = Path(downloads).absolute()
-    if not downloads.is_dir():
-        raise ScanError(f"{downloads}: no such folder")
     lib = catalog.library
-    if _inside(downloads, lib):
-        raise ScanError(f"{downloads}: the downloads folder is inside the library {lib}; give a folder outside it")
+    downloads = check_downloads(downloads, lib)
     limits = limits or ScanLimits()
     workers = default_workers() if workers is None else max(0, int(workers))
     log = log or (lambda line: None)

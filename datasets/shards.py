@@ -269,8 +269,13 @@ try:
     # than zlib's level 1, and inflate is about 1.7x faster.
     from zlib_ng.zlib_ng import compress as _deflate
     from zlib_ng.zlib_ng import decompress as _inflate
+    from zlib_ng.zlib_ng import error as _inflate_error
 except ImportError:  # pragma: no cover - zlib-ng is a dependency; the format does not need it
-    _deflate, _inflate = zlib.compress, zlib.decompress
+    _deflate, _inflate, _inflate_error = zlib.compress, zlib.decompress, zlib.error
+
+# What reading a damaged image chunk raises: h5py's filter failure (OSError),
+# the inflater's error, or a decoded chunk of the wrong size (ValueError).
+_CHUNK_ERRORS = (OSError, ValueError, zlib.error, _inflate_error)
 
 
 def encode_images(images: np.ndarray, compression: str = "lzf", compression_level: int | None = None) -> list[EncodedImage]:
@@ -885,7 +890,7 @@ class ShardedExamples(Sequence):
     (shard, model) (``rest_cache`` entries, LRU).
 
     Raises IndexError for an index out of range, ShardError when a file is
-    missing or not a valid shard.
+    missing or not a valid shard, or an example's image data is damaged.
     """
 
     def __init__(self, files: Sequence[str | os.PathLike], counts: Sequence[int] | None = None, rest_cache: int = 64,
@@ -979,9 +984,14 @@ class ShardedExamples(Sequence):
         row = g - self._starts[s]
         shard = self._shard(s)
         m = int(shard.model[row])
-        morphed, posed = _read_pair(shard.morphed, shard.posed, row)
+        try:
+            morphed, posed = _read_pair(shard.morphed, shard.posed, row)
+            rest = self._rest(s, shard, m)
+        except _CHUNK_ERRORS as exc:
+            raise ShardError(f"{self._files[s]}: row {row}: image data is damaged "
+                             f"({type(exc).__name__}: {' '.join(str(exc).split())})") from None
         return {
-            "rest": self._rest(s, shard, m),
+            "rest": rest,
             "morphed": morphed,
             "posed": posed,
             "pose": shard.pose[row].copy(),

@@ -36,14 +36,16 @@ spec refers to the result with ``from = "catalog"`` in ``[splits.train]``,
 from __future__ import annotations
 
 import difflib
+import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .catalog import SPLITS, Catalog
 from .dedup import UnionFind
+from .text import count
 
-__all__ = ["SplitError", "SplitPlan", "assign_splits", "plan_splits", "split_units"]
+__all__ = ["SplitError", "SplitPlan", "assign_splits", "normalise_ratio", "plan_splits", "split_units"]
 
 _ASSIGNED = ("ok", "duplicate")
 
@@ -80,8 +82,8 @@ class SplitPlan:
             n = self.counts.get(s, 0)
             g = len(self.groups.get(s, []))
             dup = self.duplicates.get(s, 0)
-            extra = f", +{dup} duplicates" if dup else ""
-            parts.append(f"{s} {n:,} models ({g} group{'s' if g != 1 else ''}{extra})")
+            extra = f", +{count(dup, 'duplicate')}" if dup else ""
+            parts.append(f"{s} {count(n, 'model')} ({count(g, 'group')}{extra})")
         return ", ".join(parts)
 
 
@@ -124,12 +126,15 @@ def split_units(catalog: Catalog) -> tuple[dict[str, list[str]], dict[str, int],
     return units, sizes, members
 
 
-def _parse_ratio(ratio: Sequence[float]) -> tuple[float, float, float]:
+def normalise_ratio(ratio: Sequence[float]) -> tuple[float, float, float]:
+    """``(train, val, test)`` shares scaled to add up to 1 (``80,10,10`` is
+    ``0.8,0.1,0.1``). Raises :class:`SplitError` unless there are three
+    finite numbers >= 0, not all 0."""
     if len(ratio) != 3:
         raise SplitError(f"--ratio needs three numbers (train,val,test), got {len(ratio)}")
     r = tuple(float(x) for x in ratio)
-    if any(not (x >= 0) for x in r) or sum(r) <= 0:
-        raise SplitError(f"--ratio {','.join(str(x) for x in ratio)}: numbers must be >= 0 and not all 0")
+    if any(not (0 <= x < math.inf) for x in r) or sum(r) <= 0:
+        raise SplitError(f"--ratio {','.join(f'{x:g}' for x in r)}: give three finite numbers >= 0, not all 0")
     total = sum(r)
     return r[0] / total, r[1] / total, r[2] / total
 
@@ -185,7 +190,7 @@ def plan_splits(catalog: Catalog, val: Sequence[str] = (), test: Sequence[str] =
                     via = next(x for x in units[k] if x in named)
                     plan.pulled.append((g, split, via))
     else:
-        shares = _parse_ratio(ratio)
+        shares = normalise_ratio(ratio)
         total = sum(sizes.values())
         order = sorted(units)
         random.Random(seed).shuffle(order)

@@ -13,6 +13,13 @@ def one_line(text: Any, limit: int = 500) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def count(n: int, noun: str, plural: str | None = None) -> str:
+    """``n`` with thousands separators and ``noun`` in the right number:
+    ``count(1, "model")`` -> ``"1 model"``, ``count(1200, "model")`` -> ``"1,200 models"``,
+    ``count(2, "copy", "copies")`` -> ``"2 copies"``."""
+    return f"{n:,} {noun if n == 1 else (plural or noun + 's')}"
+
+
 def human_bytes(n: float) -> str:
     """``1536`` -> ``"1.5 KiB"`` (binary units; whole bytes below 1 KiB)."""
     for unit in ("bytes", "KiB", "MiB", "GiB"):

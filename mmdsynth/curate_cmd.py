@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sqlite3
 import sys
 import time
@@ -56,8 +57,8 @@ def _positive_float(text: str) -> float:
         v = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be > 0")
+    if not 0 < v < math.inf:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number > 0")
     return v
 
 
@@ -144,14 +145,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def cmd_scan(args: argparse.Namespace) -> int:
     """``mmdsynth scan``: returns 0, or 1 when some archive or model failed."""
     from mmdsynth.datasets.archives import ArchiveLimits
-    from mmdsynth.datasets.scan import ScanError, ScanLimits, WorkerStartError, scan_downloads
+    from mmdsynth.datasets.scan import ScanError, ScanLimits, WorkerStartError, check_downloads, scan_downloads
 
-    if not args.downloads.is_dir():
-        raise _user_error(f"{args.downloads}: no such folder")
+    try:  # before the library is created: a refused scan leaves no library behind
+        check_downloads(args.downloads, args.library)
+    except ScanError as exc:
+        raise _user_error(str(exc)) from None
     limits = ScanLimits(
         load_timeout_s=args.timeout,
         memory_mib=args.memory_mb or None,
-        archive=ArchiveLimits(max_bytes=int(args.max_archive_gb * (1 << 30)), max_members=max(1, args.max_files),
+        archive=ArchiveLimits(max_bytes=max(1, int(args.max_archive_gb * (1 << 30))), max_members=max(1, args.max_files),
                               max_ratio=args.max_ratio),
     )
     suggest = None if args.no_suggest else suggester("scan")
@@ -214,6 +217,7 @@ def cmd_dedup(args: argparse.Namespace) -> int:
     """``mmdsynth dedup``: finds groups, prints them; 0."""
     from mmdsynth.datasets.dedup import DEFAULT_THRESHOLD, find_duplicates
     from mmdsynth.datasets.scan import WorkerStartError, default_workers
+    from mmdsynth.datasets.text import count
 
     threshold = DEFAULT_THRESHOLD if args.threshold is None else args.threshold
     if not 0.0 <= threshold <= 1.0:
@@ -245,11 +249,12 @@ def cmd_dedup(args: argparse.Namespace) -> int:
               "(compared by geometry statistics only)", file=sys.stderr)
     if groups:
         print(format_groups(groups, limit=200))
-    print(f"{report.models} models compared (features computed for {report.computed}); "
-          f"{copies} byte cop{'y' if copies == 1 else 'ies'} of {len(report.byte_copies)} models (one catalog entry each); "
-          f"{report.geometry_pairs} same-geometry pairs, {report.near_pairs} near pairs at threshold {threshold:g}; "
-          f"{len(report.groups)} groups, {review} to review; {report.auto_decided} automatic decisions "
-          f"({report.seconds:.1f} s)")
+    print(f"{count(report.models, 'model')} compared (features computed for {report.computed}); "
+          f"{count(copies, 'byte copy', 'byte copies')} of {count(len(report.byte_copies), 'model')} "
+          f"(one catalog entry each); {count(report.geometry_pairs, 'same-geometry pair')}, "
+          f"{count(report.near_pairs, 'near pair')} at threshold {threshold:g}; "
+          f"{count(len(report.groups), 'group')}, {review} to review; "
+          f"{count(report.auto_decided, 'automatic decision')} ({report.seconds:.1f} s)")
     if review:
         print(f"review them with: mmdsynth annotate dups {args.library}")
     return 0
@@ -262,7 +267,7 @@ def cmd_dedup(args: argparse.Namespace) -> int:
 
 def cmd_split(args: argparse.Namespace) -> int:
     """``mmdsynth split``: assigns splits and prints the counts; 0."""
-    from mmdsynth.datasets.splits import SplitError, assign_splits
+    from mmdsynth.datasets.splits import SplitError, assign_splits, normalise_ratio
 
     ratio = None
     if args.ratio is not None:
@@ -270,6 +275,13 @@ def cmd_split(args: argparse.Namespace) -> int:
             ratio = [float(x) for x in args.ratio.split(",")]
         except ValueError:
             raise _user_error(f"--ratio {args.ratio!r}: give three numbers, e.g. 0.98,0.01,0.01") from None
+        try:
+            shares = normalise_ratio(ratio)
+        except SplitError as exc:
+            raise _user_error(str(exc)) from None
+        if abs(sum(ratio) - 1.0) > 1e-9:
+            print(f"mmdsynth split: note: --ratio {args.ratio} adds up to {sum(ratio):g}, not 1; used as shares "
+                  f"{','.join(f'{x:.3g}' for x in shares)}", file=sys.stderr)
     with _open(args.library) as catalog:
         try:
             plan = assign_splits(catalog, val=args.val, test=args.test, ratio=ratio, seed=args.seed, dry_run=args.dry_run)

@@ -151,7 +151,7 @@ def test_dedup_cli(library, capsys):
     assert run(["dedup", str(lib), "--all", "--workers", "0"]) == 0
     out = capsys.readouterr().out
     assert "group 1 (geometry, 2 models, resolved" in out and "Gene_light.pmd" in out
-    assert "1 byte copy of 1 models" in out
+    assert "1 byte copy of 1 model (" in out and "1 same-geometry pair," in out and "1 group," in out  # singular
     assert run(["dedup", str(lib), "--threshold", "2"]) == 2
 
 

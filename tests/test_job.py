@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,7 +18,8 @@ import pytest
 
 from mmdsynth.cli import main
 from mmdsynth.datasets.catalog import Catalog
-from mmdsynth.datasets.job import run_job
+from mmdsynth.datasets.job import catalog_records, run_job
+from mmdsynth.datasets.plan import plan_all
 from mmdsynth.datasets.shards import load_index, open_split
 from mmdsynth.datasets.spec import load_spec
 from mmdsynth.mmd.example import build_example_model, write_example
@@ -131,6 +133,22 @@ def test_rerun_keeps_complete_shards_and_redoes_corrupt_ones(reference, library,
     assert_same(reference[2], arrays(split))
 
 
+def test_smaller_spec_drops_the_shards_beyond_its_plan(reference, library, tmp_path):
+    spec, _, data = reference
+    shutil.copytree(spec.output, tmp_path / "out")  # 12 examples in 3 shards
+    smaller = make_spec(tmp_path, library, train=8)  # same output folder, 2 shards
+    lines = []
+    report = run_job(smaller, workers=0, progress=False, log=lines.append)
+    split = tmp_path / "out" / "train"
+    assert report.shards_written == [] and [p.name for p in report.shards_kept] == ["shard-00000.h5", "shard-00001.h5"]
+    index = load_index(split)
+    assert [s["file"] for s in index["shards"]] == ["shard-00000.h5", "shard-00001.h5"] and index["examples"] == 8
+    assert not (split / "shard-00002.h5").exists()
+    assert any("removed 1 shard(s)" in line and "shard-00002.h5" in line for line in lines)
+    assert len(open_split(tmp_path / "out", "train")) == 8
+    assert_same({k: data[k] for k in ("shard-00000.h5", "shard-00001.h5")}, arrays(split))
+
+
 def test_node_split_union_equals_single_run(reference, library, tmp_path):
     spec = make_spec(tmp_path, library)
     a = run_job(spec, workers=0, node_index=0, num_nodes=2, progress=False)
@@ -184,6 +202,26 @@ def test_broken_model_is_recorded_and_the_run_goes_on(library, tmp_path):
     examples = open_split(spec.output, "train")
     assert {examples[i]["model_id"] for i in range(len(examples))} != {twin_id}
     assert all(examples[i]["model_id"] != twin_id for i in range(len(examples)))
+
+
+def test_report_counts_only_examples_written(tmp_path):
+    """A model that fails after another model of its shard was rendered: the
+    dropped shard attempt's images are not counted as output."""
+    lib = tmp_path / "library"
+    src = write_example(tmp_path / "src" / "example")
+    twin = build_example_model()
+    twin.name = "twin"
+    save_pmx(twin, src.parent / "twin.pmx")
+    assert main(["add", str(lib), str(src), str(src.parent / "twin.pmx")]) == 0
+    spec = make_spec(tmp_path, lib, train=8)
+    with Catalog.open(lib) as cat:
+        second = plan_all(spec, catalog_records(cat))["train"].shards[0].models[1]  # rendered after models[0]
+    victim = lib / second.path
+    victim.write_bytes(victim.read_bytes()[:5000])
+    report = run_job(spec, workers=0, progress=False)
+    assert list(report.failed) == [second.model_id]
+    assert (report.examples, report.images) == (8, 16)
+    assert load_index(spec.output / "train")["examples"] == 8
 
 
 def test_cli_render_and_view(library, tmp_path, capsys):

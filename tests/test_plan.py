@@ -229,6 +229,8 @@ def test_selection_by_group_ids_catalog(tmp_path):
     assert sorted(m.model_id for m in by_prefix.models) == ["3fa2c7", "9d01ee"]
     with pytest.raises(PlanError, match="prefix '3fa2' matches 2 models"):
         plan_split(make_spec(tmp_path, selection={"ids": ["3fa2"]}), "train", hashed)
+    with pytest.raises(PlanError, match=r"ids '9d' and '9d01ee' name the same model '9d01ee'; list it once"):
+        plan_split(make_spec(tmp_path, selection={"ids": ["9d", "9d01ee"]}), "train", hashed)
     with pytest.raises(PlanError, match="model id 99 not in the library"):
         plan_split(make_spec(tmp_path, selection={"ids": [1, 99]}), "train", recs)
     with pytest.raises(PlanError, match="no model in group 'c'"):

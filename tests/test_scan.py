@@ -325,6 +325,12 @@ def test_rar_stored_members_and_missing_tool(tmp_path, dest, monkeypatch):
     dest2.mkdir()
     with pytest.raises(ArchiveError, match="packed.rar: cannot extract RAR archives: no unrar tool found"):
         extract_archive(packed, dest2)
+    # rarfile reads a damaged header as "no members": unreadable, not "no model inside"
+    (tmp_path / "junk.rar").write_bytes(b"Rar!\x1a\x07\x01\x00" + bytes(100))
+    (tmp_path / "cut.rar").write_bytes(arc.read_bytes()[:40])
+    for bad in ("junk.rar", "cut.rar"):
+        with pytest.raises(ArchiveError, match=f"{bad}: not a readable RAR archive"):
+            extract_archive(tmp_path / bad, dest2)
 
 
 # ---------------------------------------------------------------------------
@@ -362,6 +368,16 @@ def test_isolated_pool_time_and_memory_limits():
     assert outcomes["hang"].kind == "timeout" and "timed out after 1 s" in outcomes["hang"].error
     assert outcomes["hog"].kind == "memory"
     assert outcomes["hang"].seconds < 10
+
+
+def test_isolated_pool_accepts_a_huge_time_limit():
+    """``--timeout 1e9`` (in effect none) used to overflow the OS wait."""
+    with IsolatedPool(1) as pool:
+        pool.submit("quick", _sleep, (0.01,), timeout=1e12)
+        outcomes = []
+        while pool.pending:
+            outcomes += pool.wait(None)
+    assert [(o.key, o.ok, o.value) for o in outcomes] == [("quick", True, 0.01)]
 
 
 # ---------------------------------------------------------------------------
@@ -491,8 +507,84 @@ def test_rerun_skips_what_it_has(scanned, downloads):
         count = cat.count()
         report = scan_downloads(cat, downloads, workers=1, progress=False)
         assert cat.count() == count
-    assert report.models == 0 and report.extracted == 0 and report.skipped == first.archives + 3  # + 3 loose models
-    assert "archives" in report.summary() and "already scanned" in report.summary()
+    # the refused bomb and the unreadable cut.zip are tried again (their cause may have gone) and reported again
+    assert report.models == 0 and report.extracted == 0 and report.refused == 1 and report.archive_errors == 1
+    assert report.skipped_archives == first.archives - 2 and report.skipped == report.skipped_archives + 3  # + 3 loose
+    summary = report.summary()
+    assert f"archives {first.archives}: 0 extracted, 1 refused, 1 unreadable, {first.archives - 2} already scanned" in summary
+    assert "models 0: 0 ok, 0 errors, 0 not characters, 0 already in the library; 3 loose model files already scanned" in summary
+
+
+def test_failed_archive_is_tried_again_on_rerun(tmp_path):
+    """A refusal is not a result to keep: after raising the limit (or installing
+    unrar), a rerun extracts the archive."""
+    dl = tmp_path / "dl" / "grp"
+    dl.mkdir(parents=True)
+    ex = write_example(tmp_path / "src")
+    _zip_folder(ex.parent, dl / "ex.zip", "ex")
+    lib = tmp_path / "lib"
+    small = ScanLimits(archive=ArchiveLimits(max_bytes=1000))
+    with Catalog.open(lib, create=True) as cat:
+        first = scan_downloads(cat, tmp_path / "dl", workers=0, limits=small, progress=False)
+        assert first.refused == 1 and cat.count() == 0
+        again = scan_downloads(cat, tmp_path / "dl", workers=0, progress=False)
+        assert again.extracted == 1 and again.ok == 1 and again.skipped == 0
+        assert cat.scan_source(str(dl / "ex.zip")).state == "done"
+        third = scan_downloads(cat, tmp_path / "dl", workers=0, progress=False)
+        assert third.skipped_archives == 1 and third.extracted == 0  # what it has is skipped
+
+
+def test_folder_links_and_unreadable_folders_are_reported(tmp_path, monkeypatch):
+    """Nothing under DOWNLOADS is skipped without a message."""
+    from mmdsynth.datasets.scan import find_sources
+
+    dl = tmp_path / "dl"
+    (dl / "grp" / "locked").mkdir(parents=True)
+    (dl / "grp" / "m.pmx").write_bytes(b"x")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "far.pmx").write_bytes(b"x")
+    os.symlink(tmp_path / "elsewhere", dl / "grp" / "linked")
+    os.symlink("..", dl / "grp" / "loop")
+    real_scandir = os.scandir
+
+    def scandir(path="."):
+        if os.fspath(path).endswith("locked"):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    sources, notes = find_sources(dl)
+    assert [s.path.name for s in sources] == ["m.pmx"]
+    text = "\n".join(notes)
+    assert f"{dl / 'grp' / 'linked'}: a link to a folder; skipped" in text
+    assert f"{dl / 'grp' / 'loop'}: a link to a folder; skipped" in text
+    assert f"{dl / 'grp' / 'locked'}: cannot read this folder: Permission denied; skipped" in text
+
+
+def test_progress_counts_only_models_still_to_record(tmp_path, monkeypatch, capsys):
+    """A resumed archive whose models were partly recorded: the bar ends at its total."""
+    import mmdsynth.datasets.scan as scan_mod
+
+    dl = tmp_path / "dl" / "grp"
+    dl.mkdir(parents=True)
+    ex = write_example(tmp_path / "src")
+    (tmp_path / "src" / "second.pmx").write_bytes(ex.read_bytes() + b"\0")  # a second model, other bytes
+    _zip_folder(ex.parent, dl / "two.zip", "two")
+    lib = tmp_path / "lib"
+    with Catalog.open(lib, create=True) as cat:
+        scan_downloads(cat, tmp_path / "dl", workers=0, progress=False)
+        row = cat.scan_source(str(dl / "two.zip"))
+        victim = next(r for r in cat.models() if r.path.endswith("second.pmx"))
+        with cat.transaction():  # as if the scan had died after recording one of the two models
+            cat.connection.execute("UPDATE scan_sources SET state = 'extracted' WHERE path = ?", (row.path,))
+            cat.connection.execute("DELETE FROM model_files WHERE model_id = ?", (victim.id,))
+            cat.connection.execute("DELETE FROM models WHERE id = ?", (victim.id,))
+        monkeypatch.setattr(scan_mod, "is_terminal", lambda stream: True)
+        capsys.readouterr()
+        report = scan_downloads(cat, tmp_path / "dl", workers=0, progress=True)
+    assert report.ok == 1 and report.models == 1
+    bar = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+    assert "2/2 " in bar  # the archive and the one model left; it used to end at 2/3
 
 
 def test_interrupted_archive_is_resumed_not_extracted_again(scanned, downloads):
@@ -592,3 +684,43 @@ def test_scan_cli(tmp_path, capsys):
     assert "broken.zip" in err
     assert run(["scan", str(tmp_path / "missing"), "--library", str(tmp_path / "lib")]) == 2
     assert "no such folder" in capsys.readouterr().err
+
+
+def test_scan_cli_refuses_bad_folders_before_making_a_library(tmp_path, capsys):
+    """DOWNLOADS = LIB (an empty folder) or inside a new LIB, or a file: one line, exit 2, no library made."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert run(["scan", str(empty), "--library", str(empty)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "inside the library" in err
+    assert list(empty.iterdir()) == []  # no catalog.sqlite, no models/ left in the downloads folder
+    (tmp_path / "new" / "dl").mkdir(parents=True)
+    assert run(["scan", str(tmp_path / "new" / "dl"), "--library", str(tmp_path / "new")]) == 2
+    assert "inside the library" in capsys.readouterr().err and not (tmp_path / "new" / "catalog.sqlite").exists()
+    (tmp_path / "file.zip").write_bytes(b"x")
+    assert run(["scan", str(tmp_path / "file.zip"), "--library", str(tmp_path / "lib")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "file.zip: not a folder" in err and not (tmp_path / "lib").exists()
+
+
+@pytest.mark.parametrize("option", [["--max-archive-gb", "inf"], ["--max-archive-gb", "nan"], ["--timeout", "inf"],
+                                    ["--max-ratio", "-1"]])
+def test_scan_cli_refuses_non_finite_limits(tmp_path, capsys, option):
+    """These used to end in an OverflowError traceback (after creating the library)."""
+    (tmp_path / "dl").mkdir()
+    with pytest.raises(SystemExit) as exc:
+        run(["scan", str(tmp_path / "dl"), "--library", str(tmp_path / "lib"), *option])
+    assert exc.value.code == 2
+    assert f"argument {option[0]}: '{option[1]}' must be a finite number > 0" in capsys.readouterr().err
+    assert not (tmp_path / "lib").exists()
+
+
+def test_scan_cli_tiny_archive_limit_refuses_archives(tmp_path, capsys):
+    """--max-archive-gb 1e-12 is 1 byte, not 0 (which used to fail with a ValueError traceback)."""
+    dl = tmp_path / "dl" / "grp"
+    dl.mkdir(parents=True)
+    _zip_folder(write_example(tmp_path / "src").parent, dl / "ex.zip", "ex")
+    assert run(["scan", str(tmp_path / "dl"), "--library", str(tmp_path / "lib"), "--workers", "0",
+                "--max-archive-gb", "1e-12"]) == 1
+    out, err = capsys.readouterr()
+    assert "archives 1: 0 extracted, 1 refused" in out and "grp/ex.zip: refused" in err

@@ -416,6 +416,22 @@ def test_open_split_errors(tmp_path):
     assert S.list_splits(tmp_path) == ["train"]
 
 
+@pytest.mark.parametrize("compression,level", [("gzip", 1), ("lzf", None)])
+def test_damaged_image_chunk_is_a_shard_error_naming_the_example(tmp_path, compression, level):
+    path = tmp_path / "shard-00000.h5"
+    _, expected = write_shard(path, n=4, compression=compression, compression_level=level)
+    with h5py.File(path, "r") as f:
+        chunk = f["posed"].id.get_chunk_info_by_coord((2, 0, 0, 0))
+    data = bytearray(path.read_bytes())
+    middle = chunk.byte_offset + chunk.size // 2
+    data[middle:middle + 32] = bytes(b ^ 0x5A for b in data[middle:middle + 32])
+    path.write_bytes(bytes(data))
+    with S.open_shard(path) as examples:
+        assert_example(examples[1], expected[1])  # the other rows still read
+        with pytest.raises(S.ShardError, match=r"shard-00000\.h5: row 2: image data is damaged"):
+            examples[2]
+
+
 def _child_reads(examples, indices, queue):
     try:
         out = []

@@ -70,7 +70,7 @@ def test_split_by_group_names(lib):
         spans = _groups_of(cat)
         assert spans["misc"] == {"test", None}  # the broken model gets no split
         assert all(len(s - {None}) == 1 for s in spans.values())  # no group in two splits
-        assert "train 110 models (5 groups), val 10 models (1 group), test 9 models (2 groups, +1 duplicates)" == plan.summary()
+        assert "train 110 models (5 groups), val 10 models (1 group), test 9 models (2 groups, +1 duplicate)" == plan.summary()
         # a re-run replaces the previous assignment
         assign_splits(cat, val=["touhou"], test=["hololive"])
         assert cat.get(mid("original0")).split == "train"
@@ -106,6 +106,9 @@ def test_split_by_ratio_is_deterministic_and_keeps_units_whole(lib):
             assert plan.counts.get("train", 0) > 0
         with pytest.raises(SplitError, match="three numbers"):
             plan_splits(cat, ratio=(0.9, 0.1))
+        for bad in ((float("inf"), 0.1, 0.1), (float("nan"), 1, 1), (-0.8, 0.9, 0.9), (0, 0, 0)):
+            with pytest.raises(SplitError, match="finite numbers >= 0, not all 0"):  # inf used to put all in train
+                plan_splits(cat, ratio=bad)
 
 
 def test_render_spec_uses_the_catalog_splits(lib, tmp_path):
@@ -137,3 +140,18 @@ def test_split_cli(lib, capsys):
     assert run(["split", str(lib), "--val", "nope"]) == 2
     assert "no source group 'nope'" in capsys.readouterr().err
     assert run(["split", str(lib), "--ratio", "a,b"]) == 2
+
+
+def test_split_cli_ratio_messages(lib, capsys):
+    """Shares not adding up to 1 are used scaled, with a note saying so; bad ones are one-line errors."""
+    assert run(["split", str(lib), "--ratio", "0.8,0.3,0.1", "--dry-run"]) == 0
+    out, err = capsys.readouterr()
+    assert "note: --ratio 0.8,0.3,0.1 adds up to 1.2, not 1; used as shares 0.667,0.25,0.0833" in err
+    assert run(["split", str(lib), "--ratio", "0.8,0.1,0.1", "--dry-run"]) == 0
+    assert "note" not in capsys.readouterr().err
+    for bad in ("inf,0.1,0.1", "nan,1,1", "1,2"):
+        assert run(["split", str(lib), "--ratio", bad]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "error: --ratio" in err
+    with Catalog.open(lib) as cat:
+        assert all(r.split is None for r in cat.models())  # nothing written
