@@ -78,6 +78,10 @@ class MorphResult:
     * ``weights`` (K,) float64: total weight per morph after group expansion
       (groups themselves are 0).
     * ``warnings``: what was tolerated (unsupported morphs, cycles, bad targets).
+    * ``bone_morphs_used``: a bone morph with a non-zero weight was applied.
+    * ``materials_touched`` (M,) bool: materials a material morph with a
+      non-zero weight applied to (their colours or tints may differ from the
+      model's); None is read as "none".
     """
 
     positions: np.ndarray
@@ -91,6 +95,7 @@ class MorphResult:
     weights: np.ndarray
     warnings: list[str] = field(default_factory=list)
     bone_morphs_used: bool = False
+    materials_touched: np.ndarray | None = None
 
 
 _MAT_FIELDS = (
@@ -426,4 +431,5 @@ class Morpher:
             weights=leaf,
             warnings=list(dict.fromkeys(warnings)),
             bone_morphs_used=bones_used,
+            materials_touched=mats_touched,
         )

@@ -76,6 +76,22 @@ mipmaps and repeat wrapping; the shader un-premultiplies each sample. Filtering
 is trilinear on a GPU and bilinear in the nearest mip level on a software
 rasteriser (:func:`default_texture_filter`).
 
+Partial redraw
+--------------
+:meth:`ModelRenderer.render_pose` keeps the rest-pose image of each (output
+size, framing, lighting) it draws and, for a pose, clears and redraws only the
+rectangle of output pixels that the pose can change (the screen boxes of the
+faces it moves or recolours, before and after), with the faces that reach it,
+in file order, under a scissor; the rest of the image is the kept one. The
+result is the full redraw's, byte for byte (the argument is in
+:mod:`mmdsynth.render.redraw`; the tests compare both on many poses). It pays
+off for the dataset's expression-only images (eyes and mouth: under a tenth
+of the picture); when the rectangle exceeds 30% of the picture (a head
+rotation moves head, hair and neck) the frame is drawn in full. Poses use one
+depth range, :attr:`ModelRenderer.depth_range` (the rest box grown by its
+diagonal), whenever their own range fits in it, so kept and new pixels share
+depth values. ``partial_redraw=False`` turns it off.
+
 Anti-aliasing
 -------------
 Two knobs: ``samples`` (MSAA samples per pixel, 0/1 = none) and
@@ -89,6 +105,7 @@ of 1/4 along edges) and on llvmpipe costs less than its 4x MSAA.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import moderngl
@@ -100,6 +117,7 @@ from mmdsynth.mmd.posing import Pose, PosedMesh, Poser
 from . import shaders
 from .context import RenderError, get_context, is_software_renderer
 from .framing import MMD_TO_VIEW, Framing, Preset, get_preset
+from .redraw import any_column, changed_rows, dirty_rect, face_boxes, faces_meeting, points_box
 
 __all__ = ["Lighting", "ModelRenderer", "rest_mesh", "default_antialiasing", "default_texture_filter", "TEXTURE_FILTERS"]
 
@@ -220,6 +238,27 @@ class _Target:
     objects: list = field(default_factory=list)
 
 
+@dataclass
+class _RestScene:
+    """A kept rest-pose frame for partial redraws (one output size, framing and lighting)."""
+
+    image: np.ndarray  # (H,W,4) uint8, the full render of the rest pose
+    face_boxes: np.ndarray  # (F,4) float64 screen box of every face in the rest pose (pixels)
+    # BonePose.moved.tobytes() of the bone motions whose redraw rectangle was too large
+    # (a head rotation moves head, hair and neck): the next such pose is drawn in full at once.
+    too_large: set = field(default_factory=set)
+
+
+# Rest-pose frames kept per renderer (one per framing and lighting in use).
+_SCENES_KEPT = 4
+# A partial redraw saves time only for a small part of the image: its own work
+# (finding what moved, reading the skinned vertices back) costs about as much
+# as drawing the other part. Above this share of the image: a full redraw
+# (measured on Gene, llvmpipe: a 8% rectangle costs 0.63x the CPU time of a full
+# frame, a 46% one 1.09x).
+_PARTIAL_MAX_AREA = 0.3
+
+
 def _bounds(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(lo, hi) float64 (3,) of (N,3) points (N > 0). Reduces a transposed
     contiguous copy: numpy's axis-0 reduction over 3 columns is ~30x slower."""
@@ -295,6 +334,10 @@ class ModelRenderer:
         sphere_maps: apply the materials' sphere maps (.sph multiply, .spa add).
         texture_filter: ``"trilinear"`` or ``"bilinear"`` (mipmapped either
             way); None: :func:`default_texture_filter`.
+        partial_redraw: let :meth:`render_pose` repaint only the part of the
+            image a pose changes, over a kept rest-pose image (same pixels as
+            a full redraw; see :mod:`mmdsynth.render.redraw`). False: draw
+            every frame in full.
 
     Raises:
         RenderError: no GL context, or GL resources cannot be created.
@@ -306,7 +349,8 @@ class ModelRenderer:
     """
 
     def __init__(self, model: Model, preset: str | Preset = "tha1", samples: int | None = None,
-                 supersample: int | None = None, sphere_maps: bool = False, texture_filter: str | None = None):
+                 supersample: int | None = None, sphere_maps: bool = False, texture_filter: str | None = None,
+                 partial_redraw: bool = True):
         self.ctx = get_context()
         self.model = model
         self.preset = get_preset(preset)
@@ -332,6 +376,9 @@ class ModelRenderer:
         self._poser: Poser | None = None
         self._gpu = None  # GPU-skinning resources, made on first render_pose
         self._last_morph: tuple | None = None  # (morph items, MorphResult) of the last pose
+        #: Whether :meth:`render_pose` repaints only what a pose changes.
+        self.partial_redraw = bool(partial_redraw)
+        self._scenes: OrderedDict = OrderedDict()  # (size, framing, lighting) -> _RestScene, LRU
         self._released = False
         try:
             self._upload(model)
@@ -361,9 +408,15 @@ class ModelRenderer:
             ranges.append((start, count))
             start += count
         self.ranges = ranges
+        self.faces = faces
+        #: (F,) int32 material of each face (-1: beyond the materials' face counts, never drawn).
+        self.face_material = np.full(self.n_faces, -1, np.int32)
+        for i, (first, count) in enumerate(ranges):
+            self.face_material[first:first + count] = i
 
         vbytes = max(n, 1)
-        self.ibo = self._keep(ctx.buffer(faces.tobytes() if faces.size else bytes(12)))
+        # Faces, then room for the faces a partial redraw draws (a subset, in the same order).
+        self.ibo = self._keep(ctx.buffer(faces.tobytes() * 2 if faces.size else bytes(12)))
         self.pos_buf = self._keep(ctx.buffer(reserve=vbytes * 12, dynamic=True))
         self.nrm_buf = self._keep(ctx.buffer(reserve=vbytes * 12, dynamic=True))
         self.uv_buf = self._keep(ctx.buffer(reserve=vbytes * 8, dynamic=True))
@@ -379,6 +432,15 @@ class ModelRenderer:
         else:
             lo = hi = np.zeros(3)
         self.rest_bounds = (lo, hi)
+        self._rest_positions = rest
+        self._rest_uvs = np.ascontiguousarray(model.uvs, np.float32)
+        # The depth range of render_pose whenever the pose's own range fits in
+        # it: the rest box's Z grown by its diagonal (a rotation about a pivot
+        # inside the box cannot carry a vertex farther). One range for most
+        # poses makes frames comparable depth value for depth value, which the
+        # partial redraw needs; poses that leave it get their own range.
+        reach = float(np.linalg.norm(hi - lo))
+        self.depth_range = self._padded(float(lo[2]) - reach, float(hi[2]) + reach, 0.25, 1.0)
 
         # Material-pass programs, one per feature combination (shaders.model_fs), made on first use.
         self._programs: dict[tuple, moderngl.Program] = {}
@@ -464,7 +526,7 @@ class ModelRenderer:
         attrs = _skin_attributes(self.poser, n)
         nb = max(len(self.model.bones), 1)
         try:
-            bone_tex = self._keep(ctx.texture((4, nb), 4, dtype="f4"))
+            bone_tex = self._keep(ctx.texture((5, nb), 4, dtype="f4"))
             bone_tex.filter = (moderngl.NEAREST, moderngl.NEAREST)
             bufs = {k: self._keep(ctx.buffer(np.ascontiguousarray(v).tobytes() or bytes(16))) for k, v in attrs.items()}
             sk = self.poser.skinner
@@ -487,7 +549,13 @@ class ModelRenderer:
             skinned = self._keep(ctx.buffer(reserve=max(n, 1) * 24))
         except moderngl.Error as exc:
             raise RenderError(f"cannot create GPU skinning resources: {' '.join(str(exc).split())}") from None
-        self._gpu = {"skin_vao": skin_vao, "bone_tex": bone_tex, "skinned": skinned}
+        # Which bones each vertex reads, as the shader does: (N,4) bones and (N,4) bool "used"
+        # (a weight, or the SDEF pair); a vertex none of whose used bones moved is kept bit for bit.
+        uses = attrs["weights"] != 0.0
+        uses[attrs["kind"] == 1, :2] = True
+        self._gpu = {"skin_vao": skin_vao, "bone_tex": bone_tex, "skinned": skinned,
+                     "influences": [(np.ascontiguousarray(attrs["bones"][:, k]), np.ascontiguousarray(uses[:, k]))
+                                    for k in range(4)]}
         return self._gpu
 
     @property
@@ -532,7 +600,11 @@ class ModelRenderer:
         self._last_positions = self._write_rows(self.pos_buf, data, self._last_positions)
         return data
 
-    def _set_frame(self, target: _Target, framing: Framing, lighting: Lighting, z_range: tuple[float, float]) -> None:
+    def _set_frame(self, target: _Target, framing: Framing, lighting: Lighting, z_range: tuple[float, float],
+                   scissor: tuple[int, int, int, int] | None = None) -> None:
+        """Bind ``target``'s render framebuffer, set the frame's uniforms and
+        clear it; ``scissor`` (x, y, w, h in framebuffer pixels, GL's bottom-up
+        rows): clear and later draw only there."""
         ctx = self.ctx
         self._frame += 1
         self._frame_uniforms = {
@@ -541,9 +613,10 @@ class ModelRenderer:
             "u_light_color": lighting.directional_rgb,
             "u_light_dir": lighting.unit_direction,
         }
+        target.fbo.scissor = scissor
         target.fbo.use()
         ctx.viewport = (0, 0, target.fbo.width, target.fbo.height)
-        target.fbo.clear(0.0, 0.0, 0.0, 0.0, depth=1.0)
+        target.fbo.clear(0.0, 0.0, 0.0, 0.0, depth=1.0, viewport=scissor)
         ctx.enable(moderngl.DEPTH_TEST)
         ctx.depth_func = "<"
         ctx.blend_func = (moderngl.SRC_ALPHA, moderngl.ONE_MINUS_SRC_ALPHA, moderngl.ONE, moderngl.ONE_MINUS_SRC_ALPHA)
@@ -591,14 +664,18 @@ class ModelRenderer:
         return vao
 
     def _draw_materials(self, source: str, materials: list[Material],
-                        tint_mul: np.ndarray | None, tint_add: np.ndarray | None) -> None:
-        """Draw every material in file order with the shader variant it needs."""
+                        tint_mul: np.ndarray | None, tint_add: np.ndarray | None,
+                        ranges: list[tuple[int, int]] | None = None) -> None:
+        """Draw every material in file order with the shader variant it needs;
+        ``ranges``: (first face in the index buffer, face count) per material
+        (None: all the model's faces, :attr:`ranges`)."""
         ctx = self.ctx
-        if len(materials) != len(self.ranges):
-            raise ValueError(f"{len(materials)} materials given, the model has {len(self.ranges)}")
+        ranges = self.ranges if ranges is None else ranges
+        if len(materials) != len(ranges):
+            raise ValueError(f"{len(materials)} materials given, the model has {len(ranges)}")
         culling = None
         blending = None
-        for i, (mat, (first, count)) in enumerate(zip(materials, self.ranges)):
+        for i, (mat, (first, count)) in enumerate(zip(materials, ranges)):
             alpha = float(mat.diffuse[3])
             if count == 0 or not alpha >= 1.0 / 255.0:
                 continue  # nothing to draw / every fragment would be discarded
@@ -644,18 +721,26 @@ class ModelRenderer:
                 prog["u_power"].value = float(mat.specular_power)
             vao.render(moderngl.TRIANGLES, vertices=3 * count, first=3 * first)
 
-    def _resolve_and_read(self, target: _Target) -> np.ndarray:
+    def _resolve_and_read(self, target: _Target, rect: tuple[int, int, int, int] | None = None) -> np.ndarray:
+        """Resolve the render target into the output image and read it back:
+        (H,W,4) uint8, row 0 at the top; with ``rect`` (x0, y0, x1, y1 output
+        pixels, row 0 at the top, half-open) only that part, (y1-y0, x1-x0, 4)."""
         ctx = self.ctx
+        w, h = target.size
+        # The resolve pass writes output row y (from the top) at the output
+        # framebuffer's row y, so a rectangle keeps its rows there.
+        x0, y0, x1, y1 = rect if rect is not None else (0, 0, w, h)
+        view = (x0, y0, x1 - x0, y1 - y0)
+        target.out_fbo.scissor = view if rect is not None else None
         target.out_fbo.use()
-        ctx.viewport = (0, 0, target.size[0], target.size[1])
+        ctx.viewport = (0, 0, w, h)
         ctx.disable(moderngl.BLEND | moderngl.DEPTH_TEST | moderngl.CULL_FACE)
         target.color.use(0)
-        self.resolve_prog["u_out_height"].value = target.size[1]
+        self.resolve_prog["u_out_height"].value = h
         self.resolve_vao.render(moderngl.TRIANGLES, vertices=3)
-        w, h = target.size
-        buf = bytearray(w * h * 4)
-        target.out_fbo.read_into(buf, components=4, alignment=1)
-        return np.frombuffer(buf, np.uint8).reshape(h, w, 4)
+        buf = bytearray(view[2] * view[3] * 4)
+        target.out_fbo.read_into(buf, viewport=view, components=4, alignment=1)
+        return np.frombuffer(buf, np.uint8).reshape(view[3], view[2], 4)
 
     @staticmethod
     def _padded(z_min: float, z_max: float, rel: float, absolute: float) -> tuple[float, float]:
@@ -741,9 +826,10 @@ class ModelRenderer:
         nb = len(self.model.bones)
         if nb:
             m = bones.skinning_matrices()  # (B,4,4) float32, [R | s]
-            texels = np.empty((nb, 4, 4), np.float32)
+            texels = np.zeros((nb, 5, 4), np.float32)
             texels[:, :3, :] = m[:, :3, :]
             texels[:, 3, :] = bones.global_rotations
+            texels[:, 4, 0] = bones.moved
             gpu["bone_tex"].write(texels)
         if self.n_vertices:
             # Some drivers (llvmpipe) skip draws, transform feedback included,
@@ -760,7 +846,10 @@ class ModelRenderer:
         :attr:`poser`), skinning in the vertex shader (reproducing
         :func:`~mmdsynth.mmd.posing.pose_model`'s skinning in float32). A pose
         that moves no bone (e.g. the dataset's expression-only ``morphed``
-        image) skips the kinematics and the skinning pass, with the same pixels.
+        image) skips the kinematics and the skinning pass, with the same
+        pixels. With :attr:`partial_redraw` only the part of the picture the
+        pose changes is redrawn over the kept rest-pose image (module
+        docstring, "Partial redraw"), again with the same pixels.
 
         Args:
             pose: a :class:`~mmdsynth.mmd.posing.Pose` (None: the rest pose).
@@ -777,7 +866,9 @@ class ModelRenderer:
         self._check()
         lighting = lighting if lighting is not None else Lighting()
         target = self._target(framing.width, framing.height)
-        morphed, bones, _, positions = self._prepare_pose(pose, skin=False)
+        # The rest frame first: drawing it uploads rest data, the pose's comes after.
+        scene = self._rest_scene(target, framing, lighting) if self.partial_redraw else None
+        morphed, bones, gpu, positions = self._prepare_pose(pose, skin=False)
         if bones is None:
             # The padding of _skinned_z_range (whose boxes are all the rest box
             # here): the same depth range, so the same pixels as skinning.
@@ -786,9 +877,105 @@ class ModelRenderer:
         else:
             z_range = self._skinned_z_range(positions, bones)
             source = "gpu"
+        z_range = self._depth_range_for(z_range)
+        if scene is not None and z_range == self.depth_range:
+            image = self._redraw(scene, target, framing, lighting, source, morphed, bones, gpu, positions)
+            if image is not None:
+                return image
         self._set_frame(target, framing, lighting, z_range)
         self._draw_materials(source, morphed.materials, morphed.tint_mul, morphed.tint_add)
         return self._resolve_and_read(target)
+
+    def _depth_range_for(self, needed: tuple[float, float]) -> tuple[float, float]:
+        """:attr:`depth_range` when it encloses ``needed`` (the range a pose
+        needs), else ``needed``: a pure function of the pose, so the same pose
+        always gets the same depth values."""
+        lo, hi = self.depth_range
+        return self.depth_range if lo <= needed[0] and needed[1] <= hi else needed
+
+    def _rest_scene(self, target: _Target, framing: Framing, lighting: Lighting) -> _RestScene:
+        """The kept rest-pose frame for this output size, framing and lighting
+        (drawn in full on first use, with :attr:`depth_range`)."""
+        key = (target.size, framing, lighting.ambient_rgb, lighting.directional_rgb, lighting.unit_direction)
+        scene = self._scenes.get(key)
+        if scene is not None:
+            self._scenes.move_to_end(key)
+            return scene
+        morphed, _, _, positions = self._prepare_pose(None, skin=False)
+        self._set_frame(target, framing, lighting, self.depth_range)
+        self._draw_materials("morphed", morphed.materials, morphed.tint_mul, morphed.tint_add)
+        image = self._resolve_and_read(target)
+        image.setflags(write=False)
+        scene = _RestScene(image, face_boxes(framing.to_pixels(positions), self.faces))
+        self._scenes[key] = scene
+        while len(self._scenes) > _SCENES_KEPT:
+            self._scenes.popitem(last=False)
+        return scene
+
+    def _dirty_vertices(self, morphed, bones, gpu, positions: np.ndarray) -> np.ndarray:
+        """(N,) bool: vertices whose drawn position, normal or UV may differ
+        from the rest pose (see :mod:`mmdsynth.render.redraw`)."""
+        dirty = changed_rows(positions, self._rest_positions)
+        dirty |= changed_rows(np.ascontiguousarray(morphed.uvs, np.float32), self._rest_uvs)
+        if bones is not None and bool(np.any(bones.moved)):
+            for bones_of, uses in gpu["influences"]:  # one (N,) pair per influence slot
+                dirty |= bones.moved.take(bones_of) & uses
+        return dirty
+
+    def _redraw(self, scene: _RestScene, target: _Target, framing: Framing, lighting: Lighting, source: str,
+                morphed, bones, gpu, positions: np.ndarray) -> np.ndarray | None:
+        """Repaint, over ``scene``'s rest image, the rectangle the pose can
+        change (:mod:`mmdsynth.render.redraw`); the pose's data are uploaded.
+        Returns the image, or None when a full redraw is needed instead: the
+        rectangle is too large to gain time, or a skinned position is not
+        finite."""
+        motion = bones.moved.tobytes() if bones is not None and bool(np.any(bones.moved)) else None
+        if motion is not None and motion in scene.too_large:
+            return None
+        faces = self.faces
+        dirty = self._dirty_vertices(morphed, bones, gpu, positions)
+        dirty_faces = any_column(dirty.take(faces)) if len(faces) else np.zeros(0, bool)
+        touched = morphed.materials_touched
+        if touched is not None and bool(np.any(touched)):
+            dirty_faces |= (self.face_material >= 0) & touched[np.maximum(self.face_material, 0)]
+        if not dirty_faces.any():
+            return scene.image.copy()
+        used = np.zeros(self.n_vertices, bool)
+        used[faces[dirty_faces].ravel()] = True
+        used = np.flatnonzero(used)
+        if bones is None:
+            now = positions[used]
+        else:  # where the skinning pass put them (it already ran for this pose)
+            now = np.frombuffer(gpu["skinned"].read(), np.float32).reshape(-1, 6)[used, :3]
+        boxes = scene.face_boxes[dirty_faces]
+        try:
+            rect = dirty_rect([points_box(boxes[:, :2]), points_box(boxes[:, 2:]), points_box(framing.to_pixels(now))],
+                              framing.width, framing.height)
+        except ValueError:
+            return None
+        if rect is None:  # everything that changed is outside the picture
+            return scene.image.copy()
+        x0, y0, x1, y1 = rect
+        if (x1 - x0) * (y1 - y0) > _PARTIAL_MAX_AREA * framing.width * framing.height:
+            if motion is not None:
+                scene.too_large.add(motion)
+            return None
+        drawn = np.flatnonzero((dirty_faces | faces_meeting(scene.face_boxes, rect)) & (self.face_material >= 0))
+        counts = np.bincount(self.face_material[drawn], minlength=len(self.ranges)).tolist()
+        self.ibo.write(np.ascontiguousarray(faces[drawn]), offset=self.n_faces * 12)
+        ranges, first = [], self.n_faces
+        for c in counts:
+            ranges.append((first, c))
+            first += c
+        ss, height = self.supersample, framing.height
+        # Output rows y0..y1 (from the top) are the render target's rows from
+        # (height - y1) * ss up (GL counts rows from the bottom).
+        self._set_frame(target, framing, lighting, self.depth_range,
+                        scissor=(x0 * ss, (height - y1) * ss, (x1 - x0) * ss, (y1 - y0) * ss))
+        self._draw_materials(source, morphed.materials, morphed.tint_mul, morphed.tint_add, ranges)
+        image = scene.image.copy()
+        image[y0:y1, x0:x1] = self._resolve_and_read(target, rect)
+        return image
 
     def _z_bounds(self, positions: np.ndarray) -> tuple[float, float]:
         """(min, max) Z of ``positions`` (N,3) (-1, 1 for an empty model)."""
@@ -839,6 +1026,7 @@ class ModelRenderer:
         lo, hi = self.rest_bounds
         z_min, z_max = self._padded(lo[2], hi[2], 0.01, 1e-3)
         self.flat_prog["u_mvp"].write(np.ascontiguousarray(framing.mvp(z_min, z_max).T, np.float32).tobytes())
+        target.fbo.scissor = None
         target.fbo.use()
         ctx.viewport = (0, 0, target.fbo.width, target.fbo.height)
         target.fbo.clear(0.0, 0.0, 0.0, 0.0, depth=1.0)

@@ -16,9 +16,13 @@
 
 from __future__ import annotations
 
-# Bone texture (RGBA32F, 4 texels per bone, one row per bone):
+# Bone texture (RGBA32F, 5 texels per bone, one row per bone):
 #   texels 0..2: rows 0..2 of the skinning transform [R | s] (p' = R p + s);
-#   texel 3: the bone's global rotation quaternion (x, y, z, w) (= rotation of R).
+#   texel 3: the bone's global rotation quaternion (x, y, z, w) (= rotation of R);
+#   texel 4: x = 1 when the skinning transform is not exactly the identity
+#   (BonePose.moved), else 0.
+# As in mmd.skinning.Skinner, a vertex that no moved bone influences keeps its
+# position and normal bit for bit (the partial redraw relies on it).
 # Per-vertex skinning data (see render.renderer._skin_attributes):
 #   in_kind 0: linear blend, in_bones/in_weights: up to 4 influences (weight 0 = unused);
 #   in_kind 1: SDEF, bones in_bones.xy, w0 = in_weights.x, C / CR0 / CR1 in in_sdef_*;
@@ -47,6 +51,7 @@ vec3 bone_trans(int b) {
                 texelFetch(u_bones, ivec2(2, b), 0).w);
 }
 vec4 bone_quat(int b) { return texelFetch(u_bones, ivec2(3, b), 0); }
+bool bone_moved(int b) { return texelFetch(u_bones, ivec2(4, b), 0).x != 0.0; }
 
 vec4 qmul(vec4 a, vec4 b) {         // Hamilton product, (x, y, z, w)
     return vec4(a.w * b.xyz + b.w * a.xyz + cross(a.xyz, b.xyz), a.w * b.w - dot(a.xyz, b.xyz));
@@ -84,6 +89,7 @@ void skin(inout vec3 p, inout vec3 n) {
 #if HAS_SDEF
     if (in_kind == 1) {
         int b0 = in_bones.x, b1 = in_bones.y;
+        if (!bone_moved(b0) && !bone_moved(b1)) return;
         float w0 = in_weights.x, w1 = 1.0 - w0;
         mat3 rs = qmat_minus_i(qslerp(bone_quat(b0), bone_quat(b1), w1));
         vec3 dp = rs * (p - in_sdef_c)
@@ -96,6 +102,11 @@ void skin(inout vec3 p, inout vec3 n) {
 #endif
 #if HAS_QDEF
     if (in_kind == 2) {
+        bool any_moved = false;
+        for (int i = 0; i < 4; i++) {
+            if (in_weights[i] != 0.0 && bone_moved(max(in_bones[i], 0))) any_moved = true;
+        }
+        if (!any_moved) return;
         vec4 real0 = bone_quat(max(in_bones.x, 0));
         vec4 br = vec4(0.0), bd = vec4(0.0);
         for (int i = 0; i < 4; i++) {
@@ -127,7 +138,8 @@ void skin(inout vec3 p, inout vec3 n) {
             dn += w * (a * n);
         }
         p += dp;
-        n = safe_normalize(n + dn);
+        // dn is exactly zero when no influencing bone rotated: keep the normal as is
+        if (dn != vec3(0.0)) n = safe_normalize(n + dn);
     }
 }
 """
