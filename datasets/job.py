@@ -103,8 +103,8 @@ class Unit:
     max_angle: float
     rest_light: tuple[float, float]
     examples: tuple[tuple[int, np.ndarray, float, float], ...]
-    compression: str = "gzip"
-    compression_level: int | None = 1
+    compression: str = "lz4"
+    compression_level: int | None = None
 
 
 @dataclass

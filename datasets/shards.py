@@ -23,8 +23,10 @@ dataset        shape        dtype   meaning
 
 Images are RGBA with straight alpha, row 0 at the top, (0, 0, 0, 0) where the
 character is not (DESIGN.md "Images"). Image datasets are chunked one image
-per chunk ``(1, H, W, 4)`` and compressed with gzip (the render spec's default, level 1) or lzf; the
-small datasets are contiguous. Model ids are stored as text; the attribute
+per chunk ``(1, H, W, 4)`` and compressed by one HDF5 filter: LZ4 (the render
+spec's default), Zstandard, gzip or LZF (:mod:`.codecs`; to open LZ4 or
+Zstandard shards with plain h5py, ``import hdf5plugin`` first). The small
+datasets are contiguous. Model ids are stored as text; the attribute
 ``model_id_type`` (``"int"`` or ``"str"``) says how to read them back
 (:class:`ShardedExamples` does).
 
@@ -35,7 +37,8 @@ preset's size, head rows and centre column, projection), ``image_size``
 ([H, W]), ``renderer`` (GL_RENDERER), ``seed``, ``split``, ``shard_index``,
 ``package_version`` (``mmdsynth.__version__``), ``spec`` (the render spec as
 JSON), ``plan_fingerprint``, ``examples`` (N), ``num_models`` (M),
-``compression``, ``model_id_type``, ``models_columns`` and ``created``
+``compression`` (the codec: ``lz4``, ``zstd-N``, ``gzip-N`` or ``lzf``),
+``model_id_type``, ``models_columns`` and ``created``
 (UTC, ISO 8601).
 
 Writing (:class:`ShardWriter`) goes to a temporary file in the same folder
@@ -77,7 +80,6 @@ import hashlib
 import json
 import os
 import tempfile
-import zlib
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -88,6 +90,8 @@ import h5py
 import numpy as np
 
 from mmdsynth import __version__
+
+from .codecs import Codec, codec_of_dataset, get_codec
 
 __all__ = [
     "FORMAT",
@@ -247,7 +251,7 @@ def _utc_now() -> str:
 class EncodedImage:
     """One image already compressed as a shard chunk (see :func:`encode_images`):
     ``data`` the chunk bytes, ``filter_mask`` HDF5's per-chunk filter mask,
-    ``shape`` (H, W, 4), ``compression`` the codec name (:func:`codec_name`)."""
+    ``shape`` (H, W, 4), ``compression`` the codec's name (:attr:`.codecs.Codec.name`)."""
 
     data: bytes
     filter_mask: int
@@ -255,59 +259,23 @@ class EncodedImage:
     compression: str
 
 
-def codec_name(compression: str, compression_level: int | None = None) -> str:
-    """``"lzf"`` or ``"gzip-N"`` (N defaults to 4, as in :class:`ShardWriter`)."""
-    if compression == "gzip":
-        return f"gzip-{4 if compression_level is None else int(compression_level)}"
-    return compression
+# What reading a damaged image chunk raises: h5py's filter failure (OSError) or
+# our decoders' ValueError (a bad chunk, a wrong decoded size).
+_CHUNK_ERRORS = (OSError, ValueError)
 
 
-try:
-    # zlib-ng writes and reads standard zlib streams (HDF5's deflate filter
-    # reads them too), much faster than zlib on our images: level 1
-    # (deflate_quick) compresses about 3x faster, for about 25% more bytes
-    # than zlib's level 1, and inflate is about 1.7x faster.
-    from zlib_ng.zlib_ng import compress as _deflate
-    from zlib_ng.zlib_ng import decompress as _inflate
-    from zlib_ng.zlib_ng import error as _inflate_error
-except ImportError:  # pragma: no cover - zlib-ng is a dependency; the format does not need it
-    _deflate, _inflate, _inflate_error = zlib.compress, zlib.decompress, zlib.error
-
-# What reading a damaged image chunk raises: h5py's filter failure (OSError),
-# the inflater's error, or a decoded chunk of the wrong size (ValueError).
-_CHUNK_ERRORS = (OSError, ValueError, zlib.error, _inflate_error)
-
-
-def encode_images(images: np.ndarray, compression: str = "lzf", compression_level: int | None = None) -> list[EncodedImage]:
-    """Compress (K,H,W,4) uint8 images into shard chunks, in memory, as a
-    :class:`ShardWriter` stores them (gzip: one zlib stream per image made by
-    zlib-ng at the level, which is also how the writer stores plain arrays;
-    lzf: HDF5's filter, through an in-memory file), so render workers do the
-    compression in parallel and the writer only copies bytes
-    (``write_direct_chunk``). Raises ValueError for a bad array or codec."""
+def encode_images(images: np.ndarray, compression: str = "lz4", compression_level: int | None = None) -> list[EncodedImage]:
+    """Compress (K,H,W,4) uint8 images into shard chunks, in memory, exactly as
+    a :class:`ShardWriter` with the same codec stores them (:mod:`.codecs`),
+    so render workers do the compression in parallel and the writer only
+    copies bytes (``write_direct_chunk``). ``compression_level`` None: the
+    codec's default. Raises ValueError for a bad array or codec."""
+    codec = get_codec(compression, compression_level)
     images = np.ascontiguousarray(images)
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 4:
         raise ValueError(f"images must be (K, H, W, 4) uint8, got {images.shape} {images.dtype}")
-    if compression not in ("lzf", "gzip"):
-        raise ValueError(f"compression must be 'lzf' or 'gzip', got {compression!r}")
-    level = (4 if compression_level is None else int(compression_level)) if compression == "gzip" else None
-    k, h, w, _ = images.shape
-    if compression == "gzip":
-        # HDF5's deflate filter stores each chunk as one zlib stream, which any
-        # reader inflates; _deflate makes it without the HDF5 round trip.
-        codec = codec_name(compression, level)
-        return [EncodedImage(_deflate(images[i].data, level), 0, (h, w, 4), codec) for i in range(k)]
-    out = []
-    name = f"mmdsynth-encode-{os.getpid()}-{id(images)}.h5"
-    with h5py.File(name, "w", driver="core", backing_store=False) as f:
-        ds = f.create_dataset("x", shape=images.shape, dtype=np.uint8, chunks=(1, h, w, 4),
-                              compression=compression, compression_opts=level)
-        for i in range(k):
-            ds[i] = images[i]
-        for i in range(k):
-            mask, data = ds.id.read_direct_chunk((i, 0, 0, 0))
-            out.append(EncodedImage(bytes(data), int(mask), (h, w, 4), codec_name(compression, level)))
-    return out
+    shape = tuple(int(v) for v in images.shape[1:])
+    return [EncodedImage(data, mask, shape, codec.name) for data, mask in codec.encode(images)]
 
 
 def _put(ds: h5py.Dataset, row: int, image) -> None:
@@ -350,26 +318,19 @@ class ShardWriter:
         OSError: the file system (folder not writable, disk full).
     """
 
-    def __init__(self, path: str | os.PathLike, meta: ShardMeta, num_examples: int, compression: str = "lzf",
+    def __init__(self, path: str | os.PathLike, meta: ShardMeta, num_examples: int, compression: str = "lz4",
                  compression_level: int | None = None):
-        if compression not in ("lzf", "gzip"):
-            raise ValueError(f"compression must be 'lzf' or 'gzip', got {compression!r}")
-        if compression == "lzf" and compression_level is not None:
-            raise ValueError("compression_level applies to gzip only")
-        if compression == "gzip":
-            compression_level = 4 if compression_level is None else int(compression_level)
-            if not 0 <= compression_level <= 9:
-                raise ValueError(f"gzip level must be 0..9, got {compression_level}")
+        codec = get_codec(compression, compression_level)  # ValueError for a bad codec or level
         if isinstance(num_examples, bool) or not isinstance(num_examples, (int, np.integer)) or num_examples < 1:
             raise ValueError(f"num_examples must be an integer >= 1, got {num_examples!r}")
         self.path = Path(path)
         self.meta = meta
         self.num_examples = int(num_examples)
         self.compression = compression
-        self.compression_level = compression_level
+        self.compression_level = codec.level
+        self.codec: Codec = codec
         self.info: ShardInfo | None = None
         self._h, self._w = (int(v) for v in meta.image_size)
-        self._codec = codec_name(compression, compression_level)
         self._ranges = np.asarray(meta.parameter_ranges, np.float64).reshape(-1, 2)
         self._p = len(meta.parameter_names)
 
@@ -381,7 +342,7 @@ class ShardWriter:
         try:
             self._file = h5py.File(self._tmp, "w")
             img = (self._h, self._w, 4)
-            kw = dict(dtype=np.uint8, chunks=(1,) + img, compression=compression, compression_opts=compression_level)
+            kw = dict(dtype=np.uint8, chunks=(1,) + img, **codec.h5_options())
             self._morphed = self._file.create_dataset("morphed", shape=(self.num_examples,) + img, **kw)
             self._posed = self._file.create_dataset("posed", shape=(self.num_examples,) + img, **kw)
             self._rest = self._file.create_dataset("rest", shape=(0,) + img, maxshape=(None,) + img, **kw)
@@ -429,16 +390,15 @@ class ShardWriter:
 
     def _check_image(self, image, what: str):
         if isinstance(image, EncodedImage):
-            if image.shape != (self._h, self._w, 4) or image.compression != self._codec:
+            if image.shape != (self._h, self._w, 4) or image.compression != self.codec.name:
                 raise ValueError(f"{what} was encoded as {image.shape} {image.compression}, "
-                                 f"this shard stores ({self._h}, {self._w}, 4) {self._codec}")
+                                 f"this shard stores ({self._h}, {self._w}, 4) {self.codec.name}")
             return image
         a = np.asarray(image)
         if a.dtype != np.uint8 or a.shape != (self._h, self._w, 4):
             raise ValueError(f"{what} must be a ({self._h}, {self._w}, 4) uint8 RGBA image, got {a.shape} {a.dtype}")
-        if self.compression == "gzip":  # one encoder for every gzip chunk of a shard
-            return encode_images(a[None], "gzip", self.compression_level)[0]
-        return np.ascontiguousarray(a)
+        # One encoder for every chunk of a shard: arrays are encoded like the workers' chunks.
+        return encode_images(a[None], self.compression, self.compression_level)[0]
 
     # -- writing
     def add_model(self, model_id: int | str, name: str, path: str, rest: np.ndarray, *, light: tuple[float, float]) -> int:
@@ -548,7 +508,7 @@ class ShardWriter:
                 "plan_fingerprint": meta.plan_fingerprint,
                 "examples": np.int64(self.num_examples),
                 "num_models": np.int64(len(self._models)),
-                "compression": self.compression if self.compression == "lzf" else f"gzip-{self.compression_level}",
+                "compression": self.codec.name,
                 "model_id_type": "int" if int_ids else "str",
                 "models_columns": np.array(MODELS_COLUMNS, dtype=object),
                 "created": _utc_now(),
@@ -827,23 +787,24 @@ class _OpenShard:
 
 
 class _ImageReader:
-    """Reads image ``i`` of an (N, H, W, C) dataset through h5py's low-level
+    """Reads image ``i`` of an (N, H, W, C) dataset. Chunks of one image
+    compressed by a codec we decode (:func:`.codecs.codec_of_dataset`: lz4,
+    zstd, gzip) are read raw (:meth:`chunk`) and decoded here (:meth:`decode`),
+    without HDF5's filter pipeline; other layouts go through h5py's low-level
     API with reusable dataspaces (about 3x less Python overhead than
-    ``dataset[i]``; decompression dominates either way). For one-image gzip
-    chunks, :meth:`chunk` + :meth:`decode` read the raw chunk and inflate it
-    with zlib-ng in this thread (measured faster than inflating an
-    example's two images with zlib on two threads, which release the GIL)."""
+    ``dataset[i]``)."""
 
     def __init__(self, ds: h5py.Dataset):
         self.id = ds.id
         self.shape = tuple(ds.shape[1:])
         self.dtype = ds.dtype
         self.count = (1,) + self.shape
+        self.nbytes = int(np.prod(self.shape)) * self.dtype.itemsize
         self.fspace = ds.id.get_space()
         self.mspace = h5py.h5s.create_simple(self.count)
         self.zeros = (0,) * len(self.shape)
-        self.deflate = (ds.compression == "gzip" and ds.chunks == self.count and not ds.shuffle
-                        and not ds.fletcher32 and ds.scaleoffset is None)
+        codec = codec_of_dataset(ds) if ds.chunks == self.count else None
+        self.codec = codec if codec is not None and codec.family != "lzf" else None
 
     def __call__(self, i: int) -> np.ndarray:
         out = np.empty(self.count, self.dtype)
@@ -852,19 +813,21 @@ class _ImageReader:
         return out[0]
 
     def chunk(self, i: int) -> bytes | None:
-        """The compressed chunk of image ``i`` when it is a plain deflate
-        chunk (else None: read it with ``self(i)``)."""
-        if not self.deflate:
+        """The compressed chunk of image ``i`` when we decode it ourselves
+        (else None: read it with ``self(i)``)."""
+        if self.codec is None:
             return None
         mask, data = self.id.read_direct_chunk((i,) + self.zeros)
         return data if mask == 0 else None
 
     def decode(self, data: bytes) -> np.ndarray:
-        return np.frombuffer(_inflate(data), self.dtype).reshape(self.shape)
+        """A chunk from :meth:`chunk` as a (writable) image array."""
+        image = np.frombuffer(self.codec.decode(data, self.nbytes), self.dtype).reshape(self.shape)
+        return image if image.flags.writeable else image.copy()  # fresh and writable, as h5py gives
 
 
 def _read_pair(a: _ImageReader, b: _ImageReader, row: int) -> tuple[np.ndarray, np.ndarray]:
-    """Images ``row`` of two datasets (raw deflate chunks inflated by zlib-ng when possible)."""
+    """Images ``row`` of two datasets (raw chunks decoded here when possible)."""
     ca, cb = a.chunk(row), b.chunk(row)
     return (a(row) if ca is None else a.decode(ca)), (b(row) if cb is None else b.decode(cb))
 

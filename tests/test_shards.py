@@ -14,6 +14,7 @@ import pytest
 
 import mmdsynth
 from mmdsynth.datasets import shards as S
+from mmdsynth.datasets.codecs import Codec, codec_of_dataset
 from mmdsynth.datasets.plan import HeadBounds, PlanModel, plan_split
 from mmdsynth.datasets.spec import parse_spec
 from mmdsynth.mmd.schema import THA1, MorphAssignment
@@ -108,7 +109,7 @@ def test_round_trip_datasets_attributes_chunks(tmp_path):
             ds = f[name]
             assert ds.dtype == np.uint8
             assert ds.chunks == (1, SIZE, SIZE, 4), "one image per chunk"
-            assert ds.compression == "lzf"
+            assert codec_of_dataset(ds) == Codec("lz4")  # the default
         assert f["rest"].shape == (2, SIZE, SIZE, 4)
         assert f["morphed"].shape == f["posed"].shape == (5, SIZE, SIZE, 4)
         assert f["model"].dtype == np.int32 and f["model"][()].tolist() == [0, 1, 0, 1, 0]
@@ -128,7 +129,7 @@ def test_round_trip_datasets_attributes_chunks(tmp_path):
         assert a["renderer"] == "synthetic" and a["seed"] == 7 and a["split"] == "train" and a["shard_index"] == 0
         assert a["package_version"] == mmdsynth.__version__
         assert a["spec"] == '{"x":1}' and a["plan_fingerprint"] == "fp0"
-        assert a["examples"] == 5 and a["num_models"] == 2 and a["compression"] == "lzf"
+        assert a["examples"] == 5 and a["num_models"] == 2 and a["compression"] == "lz4"
         assert a["model_id_type"] == "str" and list(a["models_columns"]) == ["id", "name", "path"]
     examples = S.open_shard(path)
     assert len(examples) == 5
@@ -136,12 +137,13 @@ def test_round_trip_datasets_attributes_chunks(tmp_path):
         assert_example(examples[k], expected[k])
 
 
-def test_gzip_compression_with_level(tmp_path):
+@pytest.mark.parametrize("compression,level,name", [("gzip", 6, "gzip-6"), ("zstd", 5, "zstd-5"), ("lzf", None, "lzf")])
+def test_other_codecs_with_levels(tmp_path, compression, level, name):
     path = tmp_path / "g.h5"
-    _, expected = write_shard(path, n=2, compression="gzip", compression_level=6)
+    _, expected = write_shard(path, n=2, compression=compression, compression_level=level)
     with h5py.File(path, "r") as f:
-        assert f["posed"].compression == "gzip" and f["posed"].compression_opts == 6
-        assert f.attrs["compression"] == "gzip-6"
+        assert codec_of_dataset(f["posed"]) == Codec(compression, level)
+        assert f.attrs["compression"] == name
     assert_example(S.open_shard(path)[1], expected[1])
 
 
@@ -189,7 +191,9 @@ def test_writer_validation(tmp_path):
             w.add_example(m, np.zeros(6), img, img, 1, 0.5, position=0)
     assert (tmp_path / "v.h5").is_file()
     with pytest.raises(ValueError, match="compression"):
-        S.ShardWriter(tmp_path / "x.h5", make_meta(), 1, compression="zstd")
+        S.ShardWriter(tmp_path / "x.h5", make_meta(), 1, compression="brotli")
+    with pytest.raises(ValueError, match="takes no level"):
+        S.ShardWriter(tmp_path / "x.h5", make_meta(), 1, compression="lz4", compression_level=3)
     with pytest.raises(ValueError, match="num_examples"):
         S.ShardWriter(tmp_path / "x.h5", make_meta(), 0)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["v.h5"]
@@ -416,15 +420,17 @@ def test_open_split_errors(tmp_path):
     assert S.list_splits(tmp_path) == ["train"]
 
 
-@pytest.mark.parametrize("compression,level", [("gzip", 1), ("lzf", None)])
-def test_damaged_image_chunk_is_a_shard_error_naming_the_example(tmp_path, compression, level):
+@pytest.mark.parametrize("compression,level,where", [("zstd", 1, "middle"), ("gzip", 1, "middle"),
+                                                     ("lz4", None, "start"), ("lzf", None, "start")])
+def test_damaged_image_chunk_is_a_shard_error_naming_the_example(tmp_path, compression, level, where):
+    """Checksummed codecs notice any damage; lz4 and lzf only damage to their structure."""
     path = tmp_path / "shard-00000.h5"
     _, expected = write_shard(path, n=4, compression=compression, compression_level=level)
     with h5py.File(path, "r") as f:
         chunk = f["posed"].id.get_chunk_info_by_coord((2, 0, 0, 0))
     data = bytearray(path.read_bytes())
-    middle = chunk.byte_offset + chunk.size // 2
-    data[middle:middle + 32] = bytes(b ^ 0x5A for b in data[middle:middle + 32])
+    at = chunk.byte_offset + (chunk.size // 2 if where == "middle" else 0)
+    data[at:at + 32] = bytes(b ^ 0x5A for b in data[at:at + 32])
     path.write_bytes(bytes(data))
     with S.open_shard(path) as examples:
         assert_example(examples[1], expected[1])  # the other rows still read
@@ -514,7 +520,7 @@ def test_concurrent_index_updates_lose_nothing(tmp_path):
     assert not any(p.name.endswith(".tmp") for p in tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("compression, level", [("lzf", None), ("gzip", 1)])
+@pytest.mark.parametrize("compression, level", [("lz4", None), ("zstd", 1), ("lzf", None), ("gzip", 1)])
 def test_pre_encoded_chunks_read_back_exactly(tmp_path, compression, level):
     rng = np.random.default_rng(3)
     images = np.stack([synth_image(rng) for _ in range(5)])

@@ -80,8 +80,8 @@ def test_defaults(tmp_path):
     spec = load_spec(write_spec(tmp_path, MINIMAL, name="my-data.toml"))
     assert spec.preset == "tha1" and spec.schema == "tha1"
     assert spec.max_angle == 15.0 and spec.seed == 0 and spec.shard_size == 1000
-    assert spec.compression == "gzip" and spec.compression_level == 1
-    assert spec.h5_compression == ("gzip", 1)
+    assert spec.compression == "lz4" and spec.compression_level is None
+    assert spec.codec.name == "lz4"
     assert spec.accept_auto_annotations is True
     assert spec.lighting.ambient == ValueRange(0.5, 1.2)
     assert spec.lighting.directional == ValueRange(0.5, 0.5)
@@ -90,11 +90,16 @@ def test_defaults(tmp_path):
     assert spec.split("train").models.kind == "all"
 
 
-def test_gzip_level(tmp_path):
+def test_compression_levels(tmp_path):
     spec = load_spec(write_spec(tmp_path, 'compression = "gzip"\n' + MINIMAL))
-    assert spec.h5_compression == ("gzip", 1)
+    assert spec.codec.name == "gzip-1"  # the spec's default level is 1 for gzip and zstd
     spec = load_spec(write_spec(tmp_path, 'compression = "gzip"\ncompression_level = 9\n' + MINIMAL))
-    assert spec.h5_compression == ("gzip", 9)
+    assert spec.codec.name == "gzip-9"
+    spec = load_spec(write_spec(tmp_path, 'compression = "zstd"\n' + MINIMAL))
+    assert spec.codec.name == "zstd-1" and spec.compression_level == 1
+    spec = load_spec(write_spec(tmp_path, 'compression = "zstd"\ncompression_level = 19\n' + MINIMAL))
+    assert spec.codec.name == "zstd-19"
+    assert load_spec(write_spec(tmp_path, 'compression = "lzf"\n' + MINIMAL)).codec.name == "lzf"
 
 
 def test_relative_paths_resolve_against_the_spec_folder(tmp_path, monkeypatch):
@@ -155,9 +160,11 @@ def test_wrong_types(tmp_path, line, expected):
         ("max_angle = 120", "max_angle = 120 is out of range"),
         ('preset = "tha9"', "preset = 'tha9' is not one of 'tha1', 'tha3'"),
         ('schema = "tha3x"', "schema = 'tha3x' is not one of"),
-        ('compression = "zstd"', "compression = 'zstd' is not one of 'gzip', 'lzf'"),
-        ('compression = "lzf"\ncompression_level = 3', "compression_level only applies to compression = \"gzip\""),
+        ('compression = "brotli"', "compression = 'brotli' is not one of 'lz4', 'zstd', 'gzip', 'lzf'"),
+        ('compression = "lzf"\ncompression_level = 3', "compression_level only applies to compression = \"zstd\" or \"gzip\""),
+        ('compression_level = 3', "compression_level only applies to compression = \"zstd\" or \"gzip\" (compression is 'lz4')"),
         ('compression = "gzip"\ncompression_level = 10', "compression_level = 10 is out of range (0..9)"),
+        ('compression = "zstd"\ncompression_level = 0', "compression_level = 0 is out of range (1..22)"),
     ],
 )
 def test_bad_values(tmp_path, line, expected):
