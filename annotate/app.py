@@ -68,7 +68,9 @@ class Action:
     """One action of a tool: its keys (first = the one shown), what it does,
     the help group it is listed under, and whether it has a toolbar button.
     ``label`` replaces the keys in the help overlay (e.g. "1 … 9" for nine
-    actions listed once); ``in_help=False`` leaves an action out of it."""
+    actions listed once); ``in_help=False`` leaves an action out of it;
+    ``shortcut=False`` only lists it in the help (a key a widget handles
+    itself, e.g. the arrows of the eyes tool's grid: no window shortcut is made)."""
 
     keys: Sequence[str]
     text: str
@@ -77,6 +79,7 @@ class Action:
     button: str | None = None
     label: str | None = None
     in_help: bool = True
+    shortcut: bool = True
 
 
 def ensure_application() -> QtWidgets.QApplication:
@@ -143,6 +146,8 @@ class HelpOverlay(QtWidgets.QWidget):
                 continue
             labels = [a.label] if a.label else list(dict.fromkeys(_key_label(k) for k in a.keys))
             groups.setdefault(a.group, []).append((" / ".join(labels), a.text))
+        if "help" in groups:  # the tool's own groups first, then how to get this help, then the mouse
+            groups["help"] = groups.pop("help")
         if mouse:
             groups["mouse"] = list(mouse)
         blocks = []
@@ -194,6 +199,11 @@ class HelpOverlay(QtWidgets.QWidget):
         self.hide()
 
 
+#: keys typed with Shift on common layouts ("+" is Shift+= on a US keyboard, "?" Shift+/): their
+#: shortcuts also match the key event with the Shift modifier, which Qt does not do by itself
+_SHIFTED = frozenset('~!@#$%^&*()_+{}|:"<>?')
+
+
 def _key_label(key: str) -> str:
     return {"Return": "Enter", "Ctrl+Z": "Ctrl+Z", "Up": "↑", "Down": "↓", "Shift+Up": "Shift+↑",
             "Shift+Down": "Shift+↓", "Left": "←", "Right": "→"}.get(key, key)
@@ -237,9 +247,12 @@ class ToolWindow(QtWidgets.QMainWindow):
     MAX_MODELS = 3  # models the render worker keeps loaded
     LIST_TITLE = "Models"
     LIST_ITEM = "model"  # what a list row is, for the help overlay
+    COLUMN3_FITS = ""  # a text the list's third column is made wide enough for (default: 90 pixels)
     LEGEND = ("<span style='color:#2e7d32'>✓</span>&nbsp;reviewed &nbsp; <span style='color:#d08000'>●</span>"
               "&nbsp;suggested<br><span style='color:#808080'>○</span>&nbsp;not&nbsp;annotated &nbsp; "
-              "<span style='color:#c62828'>✗</span>&nbsp;unusable")
+              "<span style='color:#c62828'>✗</span>&nbsp;unusable<br><span style='color:#808080'>in “all” also: "
+              "=&nbsp;duplicate &nbsp; <span style='color:#c62828'>!</span>&nbsp;load&nbsp;error &nbsp; "
+              "\u2060–\u2060&nbsp;not&nbsp;a&nbsp;character</span>")  # word joiners: no line break at the dash
     FILTERS: Sequence[str] = FILTERS
     FILTER_TIP = "which models the list shows: needs review = suggested or missing values"
 
@@ -299,7 +312,8 @@ class ToolWindow(QtWidgets.QMainWindow):
         header.setSectionResizeMode(0, QtWidgets.QHeaderView.Fixed)
         header.setSectionResizeMode(1, QtWidgets.QHeaderView.Stretch)
         header.resizeSection(0, 26)
-        header.resizeSection(2, 90)
+        fits = self.list_view.fontMetrics().horizontalAdvance(self.COLUMN3_FITS) + 14 if self.COLUMN3_FITS else 0
+        header.resizeSection(2, max(90, fits))
         self.list_view.clicked.connect(lambda index: self.list_clicked(index.row()))
         legend = QtWidgets.QLabel(self.LEGEND)
         legend.setStyleSheet("QLabel { padding: 3px; }")
@@ -339,11 +353,25 @@ class ToolWindow(QtWidgets.QMainWindow):
         cl.addWidget(self.banner)
         self.tool_widget = self.build_central()
         cl.addWidget(self.tool_widget, 1)
+        self.empty_label = QtWidgets.QLabel()
+        self.empty_label.setTextFormat(QtCore.Qt.RichText)
+        self.empty_label.setWordWrap(True)
+        self.empty_label.setAlignment(QtCore.Qt.AlignCenter)
+        self.empty_label.setStyleSheet("QLabel { color: #37474f; font-size: 15px; padding: 30px; }")
+        self.empty_label.hide()
+        cl.addWidget(self.empty_label, 1)
         cl.addWidget(self.hint_label)
         self.setCentralWidget(central)
 
         self.progress_label = QtWidgets.QLabel()
         self.statusBar().addPermanentWidget(self.progress_label)
+
+    def set_empty(self, text: str | None) -> None:
+        """Show ``text`` (rich text) in the tool's place, the list being empty;
+        None shows the tool again. The header and the key hint keep their size."""
+        self.tool_widget.setVisible(text is None)
+        self.empty_label.setVisible(text is not None)
+        self.empty_label.setText(text or "")
 
     def _add_filter_choice(self) -> None:
         """The list filter, after the action buttons."""
@@ -376,12 +404,14 @@ class ToolWindow(QtWidgets.QMainWindow):
         self.qactions: dict[str, QtWidgets.QAction] = {}
         buttons = []
         for a in actions:
+            if not a.shortcut:
+                continue
             qa = QtWidgets.QAction(a.button or a.text, self)
             seqs = []
             for k in a.keys:
                 seqs.append(QtGui.QKeySequence(k))
-                if k == "?":
-                    seqs.append(QtGui.QKeySequence("Shift+?"))
+                if len(k) == 1 and k in _SHIFTED:  # typed with Shift on most layouts: match that too
+                    seqs.append(QtGui.QKeySequence(f"Shift+{k}"))
             qa.setShortcuts(seqs)
             qa.setShortcutContext(QtCore.Qt.WindowShortcut)
             qa.setToolTip(f"{a.text} [{' / '.join(_key_label(k) for k in a.keys)}]")
@@ -651,11 +681,24 @@ class AnnotatorWindow(ToolWindow):
         return []
 
     def show_empty(self) -> None:
-        """Nothing to show (the filtered list is empty)."""
+        """Nothing to show (the filtered list is empty): says what the other lists hold."""
         self.current = None
-        self.tool_widget.setVisible(False)
-        self.header_label.setText(f"<i>No models in “{self.list_model.filter_name}”.</i> "
-                                  "Choose another list in the toolbar (Show:).")
+        name = self.list_model.filter_name
+        self.header_label.setText(f"<i>No models in “{html.escape(name)}”.</i>")
+        self.banner.hide()
+        p = progress_of(self.list_model.rows)
+        counts = {"needs review": p.to_review, "reviewed": p.reviewed, "unusable": p.unusable,
+                  "all": len(self.list_model.rows)}
+        if not self.list_model.rows:
+            text = ("This library has no models yet: add some with <b>mmdsynth add LIB FOLDER</b> "
+                    "(or <b>mmdsynth scan</b>).")
+        else:
+            others = [f"“{k}”: {n:,}" for k, n in counts.items() if k != name and n]
+            done = " Every model is done. " if name == "needs review" and p.total else " "
+            text = (f"No models in “{html.escape(name)}”.{done}Choose another list in the toolbar "
+                    f"(<b>Show:</b>) — {html.escape(', '.join(others))}." if others else
+                    f"No models in “{html.escape(name)}”.")
+        self.set_empty(text)
 
     # -- navigation ----------------------------------------------------------------
 
@@ -669,7 +712,7 @@ class AnnotatorWindow(ToolWindow):
         self._select(k)
         row = self.list_model.row_at(k)
         self.current = row
-        self.tool_widget.setVisible(True)
+        self.set_empty(None)
         self.dirty = False
         self._ready_sent = False
         self.shown_at = time.perf_counter()

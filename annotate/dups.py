@@ -11,9 +11,10 @@ The screen
 * Centre: the members of the current group side by side, one card each
   (scrolling sideways when there are many): a front render of the rest pose
   (full body) and the head crop (tha1 framing from the catalog's head bounds,
-  else from the suggestion), the name, path, source group, format, vertex /
-  face / morph counts, byte copies, the distance to the representative (with
-  its components) and the stored decision. The representative (★, the kept
+  else from the suggestion), the name, path, the stored decision, then source
+  group, format, vertex / face / morph counts, byte copies and the distance to
+  the representative (with its components); every card is as tall as the
+  tallest, so the buttons line up. The representative (★, the kept
   member, else the one dedup proposes to keep: status ok, PMX before PMD,
   more morphs, more vertices) has a gold card; the selected card a blue
   frame.
@@ -61,7 +62,7 @@ __all__ = ["GROUP_FILTERS", "DupsWindow", "GroupListModel", "GroupRow", "MemberC
 GROUP_FILTERS = ("needs review", "reviewed", "all")
 
 CARD_W = 376  # card width, pixels (three cards fit beside the list in the default window)
-BODY_BOX = (140, 330)  # full-body render box (width, height)
+BODY_BOX = (140, 300)  # full-body render box (width, height)
 HEAD_BOX = (214, 214)  # head crop box (the 256x256 tha1 crop, shown a little smaller)
 
 _STATE_GLYPH = {"review": ("○", "#d08000", "to review: not every member has a decision"),
@@ -280,8 +281,8 @@ class MemberCard(QtWidgets.QFrame):
         lay.addWidget(self.title)
         lay.addLayout(images)
         lay.addWidget(self.name_label)
+        lay.addWidget(self.decision_label)  # before the facts: still on screen when a small window cuts the card
         lay.addWidget(self.facts)
-        lay.addWidget(self.decision_label)
         lay.addStretch(1)
         lay.addLayout(buttons)
         self.set_look(False, False)
@@ -332,9 +333,12 @@ class MemberCard(QtWidgets.QFrame):
 
     def set_look(self, selected: bool, representative: bool) -> None:
         """Frame and background: a blue frame when selected, gold for the representative."""
-        border = "3px solid #1565c0" if selected else ("2px solid #c9a227" if representative else "1px solid #b0bec5")
+        width, color = (3, "#1565c0") if selected else ((2, "#c9a227") if representative else (1, "#b0bec5"))
         background = "#fff8e1" if representative else ("#e3f2fd" if selected else "#ffffff")
-        self.setStyleSheet(f"QFrame#card {{ border: {border}; border-radius: 6px; background: {background}; }}")
+        self.setStyleSheet(f"QFrame#card {{ border: {width}px solid {color}; border-radius: 6px; "
+                           f"background: {background}; }}")
+        pad = 3 - width  # the contents stay in place whatever the frame's width (the cards' rows line up)
+        self.layout().setContentsMargins(8 + pad, 6 + pad, 8 + pad, 8 + pad)
 
     def show_error(self, message: str) -> None:
         """The model could not be loaded or rendered."""
@@ -419,6 +423,7 @@ class DupsWindow(ToolWindow):
     TOOL = "dups"
     LIST_TITLE = "Duplicate groups"
     LIST_ITEM = "group"
+    COLUMN3_FITS = "99 · geometry"
     LEGEND = ("<span style='color:#d08000'>○</span>&nbsp;to&nbsp;review &nbsp; "
               "<span style='color:#2e7d32'>✓</span>&nbsp;resolved<br><span style='color:#9e9e9e'>✓</span>"
               "&nbsp;decided&nbsp;automatically (same&nbsp;geometry)")
@@ -456,10 +461,15 @@ class DupsWindow(ToolWindow):
 
     def build_central(self) -> QtWidgets.QWidget:
         self.card_row = QtWidgets.QWidget()
-        self.card_layout = QtWidgets.QHBoxLayout(self.card_row)
-        self.card_layout.setContentsMargins(4, 4, 4, 4)
+        outer = QtWidgets.QVBoxLayout(self.card_row)
+        outer.setContentsMargins(4, 4, 4, 4)
+        strip = QtWidgets.QWidget()  # cards side by side, all as tall as the tallest (buttons in one row)
+        self.card_layout = QtWidgets.QHBoxLayout(strip)
+        self.card_layout.setContentsMargins(0, 0, 0, 0)
         self.card_layout.setSpacing(10)
         self.card_layout.addStretch(1)
+        outer.addWidget(strip)
+        outer.addStretch(1)
         self.scroll = _CardScroll()
         self.scroll.setWidget(self.card_row)
         self.scroll.setWidgetResizable(True)
@@ -518,23 +528,41 @@ class DupsWindow(ToolWindow):
         self.current = row = self.list_model.row_at(k)
         ids = row.group.ids
         self.selected = ids.index(select) if select in ids else 0
-        self.tool_widget.setVisible(True)
+        self.set_empty(None)
         self._ready_sent = False
         self._show_cards(row.group)
         self._update_header()
         self._prefetch()
 
     def show_empty(self) -> None:
-        """Nothing to show (the filtered list is empty)."""
+        """Nothing to show (the filtered list is empty): says why, and what the other lists hold."""
         self.current = None
         self._clear_cards()
-        self.tool_widget.setVisible(False)
+        name = self.list_model.filter_name
+        rows = self.list_model.rows
         if self.catalog.dedup_run() is None:
-            self.header_label.setText("<i>No duplicate groups: dedup has not run on this library.</i> "
-                                      f"Run <b>mmdsynth dedup {html.escape(str(self.catalog.library))}</b> first.")
+            self.header_label.setText("<i>No duplicate groups: dedup has not run on this library.</i>")
+            self.set_empty("Find the duplicates first: <b>mmdsynth dedup "
+                           f"{html.escape(str(self.catalog.library))}</b>, then open this tool again.")
+            return
+        self.header_label.setText(f"<i>No groups in “{html.escape(name)}”.</i>")
+        if not rows:
+            self.set_empty("mmdsynth dedup found no duplicates in this library: nothing to review.")
+            return
+        review = sum(r.state == "review" for r in rows)
+        auto = sum(r.state == "auto" for r in rows)
+        human = sum(r.state == "human" for r in rows)
+        if name == "needs review":
+            parts = [f"{human:,} group{'s' if human != 1 else ''} resolved by a person"] if human else []
+            if auto:
+                parts.append(f"{auto:,} group{'s' if auto != 1 else ''} decided automatically (same geometry: "
+                             "the extra copies are already marked duplicates)")
+            text = (f"Nothing to review: every duplicate group is decided — {', '.join(parts)}. "
+                    "Choose <b>Show: all</b> in the toolbar to look at them or change a decision.")
         else:
-            self.header_label.setText(f"<i>No groups in “{self.list_model.filter_name}”.</i> "
-                                      "Choose another list in the toolbar (Show:).")
+            text = (f"No groups in “{html.escape(name)}”: {review:,} to review, {human + auto:,} decided. "
+                    "Choose another list in the toolbar (<b>Show:</b>).")
+        self.set_empty(text)
 
     def _next_to_review(self, start: int) -> int | None:
         """The first listed group to review at or after ``start`` (wrapping), or None."""
@@ -563,7 +591,7 @@ class DupsWindow(ToolWindow):
             card.clicked.connect(self.select_member)
             card.keep_clicked.connect(lambda i: (self.select_member(i), self.keep_selected()))
             card.split_clicked.connect(lambda i: (self.select_member(i), self.split_selected()))
-            self.card_layout.insertWidget(k, card, 0, QtCore.Qt.AlignTop)
+            self.card_layout.insertWidget(k, card)
             self.cards.append(card)
             error = self.worker.error_of(m.model_id)
             info = self.worker.cached_info(m.model_id)

@@ -41,6 +41,7 @@ from .render_worker import ModelInfo, ViewSpec
 __all__ = ["EyesWindow", "SLOT_INFO", "Tile", "face_spec", "candidate_tiles"]
 
 TILE_W, TILE_H = 200, 178  # face close-up size, pixels
+CELL_W = TILE_W + 26  # a grid cell: the close-up centred, room for a caption such as "^ shuts RIGHT eye · img left"
 
 #: slot -> (key, short label, what it is, colour)
 SLOT_INFO = {
@@ -128,7 +129,7 @@ def candidate_tiles(info: ModelInfo, assigned: dict[str, str | None]) -> list[Ti
         i = info.morph_index(name)
         if i is not None:
             chosen.add(i)
-    tiles = [Tile(-1, "neutral face", "no morph (digit: empty slot)", 0)]
+    tiles = [Tile(-1, "neutral face", "no morph · a digit empties that slot", 0)]
     for i in sorted(chosen):
         a = analysis.get(i)
         group = 1 if (i in closers or (a is not None and a.category in ("close", "smile_close"))) else (
@@ -136,6 +137,14 @@ def candidate_tiles(info: ModelInfo, assigned: dict[str, str | None]) -> list[Ti
         tiles.append(Tile(i, info.morph_names[i], describe(a), group))
     tiles.sort(key=lambda t: (t.group, t.index))
     return tiles
+
+
+def caption_lines(caption: str) -> list[str]:
+    """A tile caption on (at most) two lines: what the morph does, then the
+    rest in parentheses ("shuts LEFT eye · img right" -> "shuts LEFT eye",
+    "(img right)")."""
+    first, sep, rest = caption.partition(" · ")
+    return [first, f"({rest})"] if sep else [caption]
 
 
 class TileModel(QtCore.QAbstractListModel):
@@ -194,8 +203,18 @@ class TileDelegate(QtWidgets.QStyledItemDelegate):
         self.window = window
         self._checks = checkerboard(8, "#dcdcdc", "#c8c8c8")
 
+    @staticmethod
+    def fonts(base: QtGui.QFont) -> tuple[QtGui.QFont, QtGui.QFont]:
+        """The fonts of a tile's morph name (bold) and caption (a little smaller)."""
+        name, caption = QtGui.QFont(base), QtGui.QFont(base)
+        name.setBold(True)
+        caption.setPointSizeF(base.pointSizeF() * 0.9)
+        return name, caption
+
     def sizeHint(self, option, index):  # noqa: N802 - Qt API
-        return QtCore.QSize(TILE_W + 10, TILE_H + 46)
+        name, caption = self.fonts(option.font)  # picture, name, two caption lines (what it does, image side)
+        h = 2 + TILE_H + 3 + QtGui.QFontMetrics(name).height() + 1 + 2 * QtGui.QFontMetrics(caption).lineSpacing()
+        return QtCore.QSize(CELL_W, h + 4 + 6)
 
     def paint(self, p: QtGui.QPainter, option, index):
         t: Tile = index.data(QtCore.Qt.UserRole)
@@ -203,7 +222,7 @@ class TileDelegate(QtWidgets.QStyledItemDelegate):
         selected = bool(option.state & QtWidgets.QStyle.State_Selected)
         p.save()
         p.fillRect(r, QtGui.QColor("#fff3c4" if selected else "#fafafa"))
-        img_rect = QtCore.QRect(r.left() + 2, r.top() + 2, TILE_W, TILE_H)
+        img_rect = QtCore.QRect(r.left() + (r.width() - TILE_W) // 2, r.top() + 2, TILE_W, TILE_H)
         p.fillRect(img_rect, self._checks)
         pm = self.window.tiles.pixmaps.get(t.index)
         if pm is not None:
@@ -211,14 +230,19 @@ class TileDelegate(QtWidgets.QStyledItemDelegate):
         else:
             p.setPen(QtGui.QColor("#777"))
             p.drawText(img_rect, QtCore.Qt.AlignCenter, "rendering…")
-        # side reminder on the neutral face
+        # side reminder on the neutral face (on a light box: readable over dark hair too)
         if t.index < 0:
-            p.setPen(QtGui.QColor("#37474f"))
             f = p.font()
             f.setPointSizeF(f.pointSizeF() * 0.85)
             p.setFont(f)
-            p.drawText(img_rect.adjusted(4, 0, -4, -2), QtCore.Qt.AlignBottom | QtCore.Qt.AlignLeft, "char. RIGHT")
-            p.drawText(img_rect.adjusted(4, 0, -4, -2), QtCore.Qt.AlignBottom | QtCore.Qt.AlignRight, "char. LEFT")
+            fm = p.fontMetrics()
+            for text, align in (("char. RIGHT", QtCore.Qt.AlignLeft), ("char. LEFT", QtCore.Qt.AlignRight)):
+                w, h = fm.horizontalAdvance(text) + 8, fm.height() + 2
+                x = img_rect.left() + 2 if align == QtCore.Qt.AlignLeft else img_rect.right() - 1 - w
+                box = QtCore.QRect(x, img_rect.bottom() - 1 - h, w, h)
+                p.fillRect(box, QtGui.QColor(255, 255, 255, 215))
+                p.setPen(QtGui.QColor("#263238"))
+                p.drawText(box, QtCore.Qt.AlignCenter, text)
         # badges
         x = img_rect.left() + 3
         for slot in self.window.slots_of(t):
@@ -234,19 +258,21 @@ class TileDelegate(QtWidgets.QStyledItemDelegate):
             p.drawText(badge, QtCore.Qt.AlignCenter, text)
             x += w + 3
         p.setPen(QtGui.QColor("#111"))
-        f = QtGui.QFont(option.font)
-        f.setBold(True)
-        p.setFont(f)
-        name_rect = QtCore.QRect(r.left() + 4, img_rect.bottom() + 3, r.width() - 8, 18)
+        name_font, caption_font = self.fonts(option.font)
+        p.setFont(name_font)
+        fm = p.fontMetrics()
+        name_rect = QtCore.QRect(r.left() + 4, img_rect.bottom() + 3, r.width() - 8, fm.height())
         p.drawText(name_rect, QtCore.Qt.AlignLeft | QtCore.Qt.AlignVCenter,
-                   p.fontMetrics().elidedText(t.name, QtCore.Qt.ElideRight, name_rect.width()))
-        f.setBold(False)
-        f.setPointSizeF(f.pointSizeF() * 0.9)
-        p.setFont(f)
-        p.setPen(QtGui.QColor("#555"))
-        cap_rect = QtCore.QRect(r.left() + 4, name_rect.bottom() + 1, r.width() - 8, 16)
-        p.drawText(cap_rect, QtCore.Qt.AlignLeft | QtCore.Qt.AlignVCenter,
-                   p.fontMetrics().elidedText(t.caption, QtCore.Qt.ElideRight, cap_rect.width()))
+                   fm.elidedText(t.name, QtCore.Qt.ElideRight, name_rect.width()))
+        p.setFont(caption_font)
+        p.setPen(QtGui.QColor("#333"))
+        fm = p.fontMetrics()
+        y = name_rect.bottom() + 1
+        for line in caption_lines(t.caption):
+            p.drawText(QtCore.QRect(r.left() + 4, y, r.width() - 8, fm.lineSpacing()),
+                       QtCore.Qt.AlignLeft | QtCore.Qt.AlignVCenter,
+                       fm.elidedText(line, QtCore.Qt.ElideRight, r.width() - 8))
+            y += fm.lineSpacing()
         if selected:
             pen = QtGui.QPen(QtGui.QColor("#ff8f00"), 3)
             p.setPen(pen)
@@ -413,11 +439,14 @@ class EyesWindow(AnnotatorWindow):
         return w
 
     def tool_actions(self) -> list[Action]:
-        acts = []
+        acts = [Action(["Up", "Down", "Left", "Right"], "select a face in the grid (or click it)", lambda: None,
+                       "faces", label="↑ ↓ ← →", shortcut=False)]  # the grid's own keys: listed, no shortcut
         for slot in EXPRESSION_SLOTS:
             key, label, _, _ = SLOT_INFO[slot]
             acts.append(Action([key], f"selected face → {label}: {SLOT_HELP[slot]}",
                                lambda s=slot: self.assign_selected(s), "slots"))
+        acts.append(Action(["1"], "empty that slot: the model has no such morph (stored as none)", lambda: None,
+                           "slots", label="neutral face + 1 … 7", shortcut=False))
         acts.append(Action(["0"], "take the selected morph out of its slots", self.clear_selected, "slots"))
         acts.append(Action(["R"], "reset to the stored values (drop edits)", self.reset, "slots"))
         return acts
@@ -615,8 +644,11 @@ class EyesWindow(AnnotatorWindow):
         if a.category not in ("close", "smile_close"):
             return "does not seem to shut an eye"
         if a.side != want:
-            return {"left": "shuts the LEFT eye (image right)", "right": "shuts the RIGHT eye (image left)",
-                    "both": "shuts both eyes"}.get(a.side, "") + f", not {want}"
+            does = {"left": "it shuts the LEFT eye (image right)", "right": "it shuts the RIGHT eye (image left)",
+                    "both": "it shuts both eyes"}.get(a.side, "it shuts an eye")
+            wants = {"left": "the LEFT eye (image right)", "right": "the RIGHT eye (image left)",
+                     "both": "both eyes"}[want]
+            return f"{does}; this slot is for {wants}"
         return ""
 
     def _update_slots(self) -> None:

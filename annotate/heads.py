@@ -155,8 +155,9 @@ class HeadView(QtWidgets.QGraphicsView):
     def _set_text(item: QtWidgets.QGraphicsTextItem, text: str) -> None:
         color, background, size, bold = item.data(0)
         weight = "bold" if bold else "normal"
+        lines = "<br>".join(f"&nbsp;{html.escape(line)}&nbsp;" for line in text.split("\n"))
         item.setHtml(f"<div style='background:{background}; color:{color}; font-size:{size}px; "
-                     f"font-weight:{weight}'>&nbsp;{html.escape(text)}&nbsp;</div>")
+                     f"font-weight:{weight}'>{lines}</div>")
         item.setVisible(bool(text))
 
     # -- layout ------------------------------------------------------------------------
@@ -173,13 +174,13 @@ class HeadView(QtWidgets.QGraphicsView):
         self.side_bg.setRect(QtCore.QRectF(left + self.side_offset, top, w, h))
         self.x_span = (left - 0.02 * w, left + self.side_offset + w + 0.02 * w)
         self.fit_rect = QtCore.QRectF(left - 0.05 * w, top - 0.12 * h, self.side_offset + w + 0.1 * w, 1.17 * h)
-        self._set_text(self.titles[0], "FRONT · character's left = image right")
+        # two short lines each: they must fit over a view shown only ~300 pixels wide
+        self._set_text(self.titles[0], "FRONT\ncharacter's left = image right")
         self.titles[0].setPos(left, top)
-        self._set_text(self.titles[1], "SIDE · character's left side")
+        self._set_text(self.titles[1], "SIDE: the character's left side\nface → image left")
         self.titles[1].setPos(left + self.side_offset, top)
-        for t in self.titles:
-            t.setPos(t.pos().x(), top - 0.0)
-            t.setTransform(QtGui.QTransform.fromTranslate(0, -26))
+        for t in self.titles:  # just above the view, whatever the zoom
+            t.setTransform(QtGui.QTransform.fromTranslate(0, -t.boundingRect().height() - 2))
         self.loading.setPos(left + 0.4 * w, top + 0.45 * h)
         # the pixmaps are placed when their renders arrive (an old one stays where it was meanwhile)
         rect = QtCore.QRectF(self.fit_rect)
@@ -440,7 +441,7 @@ class HeadsWindow(AnnotatorWindow):
         self.preview = PreviewWidget(1.25)
         self.preview_title = QtWidgets.QLabel(
             "<b>tha1 crop — what the dataset sees</b><br><span style='color:#555'>256×256 shown 1.25×; "
-            "head top → row 64, chin → row 192</span>")
+            "head top → row 64, chin → row 192; front view: character's left = image right</span>")
         self.preview_title.setWordWrap(True)
         self.panel = QtWidgets.QLabel()
         self.panel.setTextFormat(QtCore.Qt.RichText)

@@ -188,13 +188,13 @@ class FilteredListModel(QtCore.QAbstractTableModel):
 class ModelListModel(FilteredListModel):
     """A Qt table model over :class:`Row` objects with one active filter.
 
-    Columns: state glyph (tooltip: what it means), name, group. The filtered list is a list of
+    Columns: state glyph (tooltip: what it means), name, source group. The filtered list is a list of
     indices into ``rows`` computed when the filter changes; a row whose state
     changes stays where it is until the filter is chosen again (so "next"
     after an accept is the next row of the list the person is working down).
     """
 
-    COLUMNS = ("", "model", "group")
+    COLUMNS = ("", "model", "source")
     FILTERS = FILTERS
 
     def __init__(self, rows: list[Row], filter_name: str = "needs review", parent=None):

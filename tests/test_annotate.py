@@ -28,7 +28,7 @@ from PyQt5 import QtCore, QtGui, QtWidgets  # noqa: E402
 
 from qtkit import key, show_window  # noqa: E402
 
-from mmdsynth.annotate.eyes import EyesWindow, candidate_tiles, face_spec  # noqa: E402
+from mmdsynth.annotate.eyes import EyesWindow, candidate_tiles, caption_lines, face_spec  # noqa: E402
 from mmdsynth.annotate.heads import BOTTOM, FINE, TOP, HeadsWindow, tha1_spec  # noqa: E402
 from mmdsynth.annotate.model_list import ModelListModel, load_rows, progress_of  # noqa: E402
 from mmdsynth.annotate.render_worker import RenderWorker, ViewSpec  # noqa: E402
@@ -293,6 +293,36 @@ def test_heads_unusable_key_help_overlay_and_navigation(qtbot, cat):
     w.close()
 
 
+def test_heads_screen_texts_shifted_keys_and_empty_list(qtbot, cat):
+    gene = model_id(cat, "Gene")
+    w = open_window(qtbot, HeadsWindow, cat)
+    # every view names the character's sides
+    front, side = (t.toPlainText() for t in w.view.titles)
+    assert "character's left = image right" in front
+    assert "left side" in side and "face → image left" in side
+    assert "character's left = image right" in w.preview_title.text()
+    # the help lists the tool's own keys before the help key, and the mouse last
+    text = w.help.findChild(QtWidgets.QLabel).text()
+    assert text.index("select the head-top line") < text.index("show or hide this help") < text.index("drag a line")
+    # "+" is typed with Shift on most keyboards: Shift and "+" zooms in like "+" alone
+    z = w.view.transform().m11()
+    key(qtbot, w, Qt.Key_Plus, Qt.ShiftModifier)
+    assert w.view.transform().m11() > z * 1.2
+    key(qtbot, w, Qt.Key_Minus)
+    assert w.view.transform().m11() == pytest.approx(z)
+    # an empty list: the tool's place says what the other lists hold; header and key hint stay small
+    w.filter_combo.setCurrentText("reviewed")
+    assert w.current is None and w.list_model.rowCount() == 0
+    assert not w.tool_widget.isVisible() and w.empty_label.isVisible()
+    assert "No models in “reviewed”" in w.empty_label.text() and "“needs review”: 2" in w.empty_label.text()
+    assert w.hint_label.height() < 100 and w.header_label.height() < 100
+    w.filter_combo.setCurrentText("all")
+    assert w.tool_widget.isVisible() and not w.empty_label.isVisible() and w.current is not None
+    assert w.list_model.headerData(2, Qt.Horizontal) == "source"
+    assert w.list_model.position_of(gene) is not None
+    w.close()
+
+
 # ---------------------------------------------------------------------------
 # annotate eyes
 # ---------------------------------------------------------------------------
@@ -328,6 +358,19 @@ def test_eyes_digits_clear_accept_and_undo(qtbot, cat):
     assert w.select_morph(-1)
     key(qtbot, w, Qt.Key_Right)
     assert w.selected_tile().index >= 0
+    # a morph shutting the other eye: the slot says what it does and which eye the slot is for
+    assert w.select_morph("eyeBlinkLeft")
+    key(qtbot, w, Qt.Key_2)
+    assert w.assigned["wink_right"] == "eyeBlinkLeft"
+    slot_text = w.slot_rows["wink_right"].text.text()
+    assert "it shuts the LEFT eye (image right)" in slot_text and "this slot is for the RIGHT eye (image left)" in slot_text
+    assert w.select_morph(-1)
+    key(qtbot, w, Qt.Key_2)
+    assert w.assigned["wink_right"] is None
+    # the help lists the grid's arrows and the neutral face + digit rule (the arrows are no window shortcut)
+    text = w.help.findChild(QtWidgets.QLabel).text()
+    assert "↑ ↓ ← →" in text and "select a face" in text and "neutral face + 1 … 7" in text
+    assert "Up" not in w.qactions and "1" in w.qactions
     # 7: the mouth slot
     assert w.select_morph("ああ")
     key(qtbot, w, Qt.Key_7)
@@ -360,6 +403,10 @@ def test_eyes_candidates_and_face_framing_on_the_example(cat, qtbot):
     assert [t.name for t in tiles][0] == "neutral face"
     assert sorted(t.name for t in tiles[1:]) == sorted(info.morph_names)  # 7 morphs, all candidates
     assert {t.name: t.caption for t in tiles}["ウィンク"] == "shuts LEFT eye · img right"
+    # a caption is drawn on two lines: what the morph does, then the image side (never cut off)
+    assert caption_lines("shuts LEFT eye · img right") == ["shuts LEFT eye", "(img right)"]
+    assert caption_lines("opens the mouth") == ["opens the mouth"]
+    assert caption_lines(tiles[0].caption)[0] == "no morph"
     spec = face_spec(20.35, 15.6, 0.0)
     assert spec.to_image(0.0, 15.6)[1] > 0.9 * spec.height  # the chin near the bottom edge
 

@@ -112,6 +112,9 @@ def test_group_cards_renders_and_help(qtbot, cat):
     assert w.list_model.data(w.list_model.index(0, 1)) == "ジェネ / Gene"
     assert "resolved 0 / 1 groups" in w.progress_label.text()
     assert "3 models from source groups: gene, mirror" in w.header_label.text()
+    # the size column is wide enough for its longest text
+    header = w.list_view.header()
+    assert header.sectionSize(2) >= w.list_view.fontMetrics().horizontalAdvance("2 · geometry") + 8
     # the cards: the PMX (more morphs than the PMD, status ok) is the representative, selected first
     assert card_ids(w) == [pmx, pmd, big] and w.selected == 0
     texts = [c.title.text() + c.name_label.text() + c.facts.text() + c.decision_label.text() for c in w.cards]
@@ -133,6 +136,10 @@ def test_group_cards_renders_and_help(qtbot, cat):
             assert (alpha == 0).mean() > 0.2  # and the transparent background
         assert card.head_box.image.size() == QtCore.QSize(256, 256)  # the tha1 crop
         assert card.body_box.image.height() <= 330 and card.body_box.image.width() <= 140
+    # the cards are equally tall, so their buttons line up; the decision comes before the facts
+    assert len({c.height() for c in w.cards}) == 1
+    assert len({c.keep_button.mapTo(w, QtCore.QPoint(0, 0)).y() for c in w.cards}) == 1
+    assert all(c.decision_label.y() < c.facts.y() for c in w.cards)
     # on screen: the box over the checkerboard has pixels of neither check colour (the character)
     shot = w.cards[2].head_box.grab().toImage()
     checks = {QtGui.QColor("#d8d8d8").rgb(), QtGui.QColor("#b8b8b8").rgb()}
@@ -144,14 +151,35 @@ def test_group_cards_renders_and_help(qtbot, cat):
     text = w.help.findChild(QtWidgets.QLabel).text()
     for words in ("keep the selected model", "split", "representative", "Ctrl+Z", "1 … 9", "click a card"):
         assert words in text
+    assert text.index("select the model on the left") < text.index("show or hide this help") < text.index("click a card")
     before = state(cat, [pmx, pmd, big])
     key(qtbot, w, Qt.Key_K)
     assert not w.help.isVisible() and state(cat, [pmx, pmd, big]) == before
     # other lists
     w.set_filter("reviewed")
     assert w.list_model.rowCount() == 0 and "No groups" in w.header_label.text()
+    assert not w.tool_widget.isVisible() and w.empty_label.isVisible() and "1 to review" in w.empty_label.text()
+    assert w.hint_label.height() < 100
     w.set_filter("all")
     assert w.list_model.rowCount() == 1 and w.current is not None
+    assert w.tool_widget.isVisible() and not w.empty_label.isVisible()
+    w.close()
+
+
+def test_only_automatic_groups_say_where_they_are(qtbot, cat):
+    """A library whose only group dedup decided itself (same geometry): the
+    first list is empty and says so, and where to look."""
+    pmx, pmd, big = ids(cat)
+    DedupSession(cat).split(big, [pmx, pmd, big])  # what is left: the PMX/PMD pair, decided automatically
+    w = DupsWindow(cat)
+    qtbot.addWidget(w)
+    w.show()
+    qtbot.waitExposed(w)
+    assert w.current is None and w.list_model.rowCount() == 0 and w.empty_label.isVisible()
+    text = w.empty_label.text()
+    assert "Nothing to review" in text and "1 group decided automatically" in text and "Show: all" in text
+    w.set_filter("all")
+    assert w.current is not None and card_ids(w) == [pmx, pmd]
     w.close()
 
 
