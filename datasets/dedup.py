@@ -797,7 +797,7 @@ def compute_features(catalog: Catalog, records: Sequence[ModelRecord], workers: 
     """Compute and store missing features of ``records`` (geometry when absent,
     renders when ``image_version`` is not current; all with ``recompute``).
 
-    Each model is loaded and rendered in an :class:`~mmdsynth.datasets.scan.IsolatedPool`
+    Each model is loaded and rendered in an :class:`~mmdsynth.datasets.workers.IsolatedPool`
     worker (``workers`` processes, 0 = in this process) with a time and memory
     limit. ``head_fn(model)`` (picklable, e.g. ``suggest_head_bounds``) gives
     head bounds for models without head annotations. Returns (models computed,
@@ -805,7 +805,7 @@ def compute_features(catalog: Catalog, records: Sequence[ModelRecord], workers: 
     """
     from tqdm import tqdm
 
-    from .scan import IsolatedPool
+    from .workers import IsolatedPool
 
     have = catalog.features([r.id for r in records])
     todo = []

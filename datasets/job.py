@@ -11,10 +11,13 @@ Flow (``mmdsynth render SPEC.toml``):
 3. This node's shards (:func:`~.plan.shards_for_node`) that are not complete
    already (listed in ``index.json`` with the same plan fingerprint and a
    matching sha256) are cut into *units*: one model's examples in one shard.
-4. Worker processes (each with its own GL context, started with ``spawn`` so
-   no GL state is shared through ``fork``) render units: the model's rest
-   image, then for each example the morphed image (expression only) and the
-   posed image (expression and rotations).
+4. Worker processes (an :class:`~.workers.IsolatedPool`: each with its own
+   GL context, started with ``spawn`` so no GL state is shared through
+   ``fork``) render units: the model's rest image, then for each example the
+   morphed image (expression only) and the posed image (expression and
+   rotations). A worker that crashes (a driver fault, the out-of-memory
+   killer) or hangs (:func:`unit_time_limit`) fails its unit's model like a
+   render error and is replaced.
 5. The main process writes each shard through a :class:`~.shards.ShardWriter`
    (temporary file renamed into place when complete) and records it in
    ``index.json``. A model that fails to load or render is recorded in
@@ -31,8 +34,6 @@ seed, the split and the example number).
 from __future__ import annotations
 
 import dataclasses
-import multiprocessing as mp
-import os
 import sys
 import time
 from collections import OrderedDict
@@ -47,6 +48,7 @@ from .catalog import Catalog
 from .plan import HeadBounds, PlanModel, ShardPlan, SplitPlan, expression_only, plan_all, shards_for_node
 from .shards import ShardMeta, ShardWriter, encode_images, load_index, shard_is_complete, update_index
 from .spec import RenderSpec
+from .workers import IsolatedPool, default_workers
 
 # Renderers a worker keeps (models appear in many shards; each costs GPU memory).
 RENDERER_CACHE_SIZE = 2
@@ -292,37 +294,40 @@ class _ShardAssembly:
             self.writer.abort()
 
 
-def _pool(workers: int):
-    ctx = mp.get_context("spawn")
-    return ctx.Pool(workers, maxtasksperchild=None)
+def unit_time_limit(unit: Unit) -> float:
+    """Seconds a worker may spend on ``unit`` before it is stopped as hung:
+    generous (loading a large model and compiling shaders take seconds, an
+    image tens of milliseconds on a software rasteriser)."""
+    return 300.0 + 10.0 * len(unit.examples)
 
 
-def _map(workers: int, units: Sequence[Unit]) -> Iterator[UnitResult]:
+def _map(workers: int, units: Sequence[Unit], render_fn: Callable[[Unit], UnitResult] = render_unit,
+         time_limit: Callable[[Unit], float] = unit_time_limit) -> Iterator[UnitResult]:
+    """Render ``units`` in ``workers`` processes (0: in this one), results in
+    completion order. A worker that crashes (a driver fault, the kernel's
+    out-of-memory killer) or hangs past ``time_limit(unit)`` seconds costs
+    only its unit, which comes back as an error; the worker is replaced."""
     if workers <= 0:
         for unit in units:
-            yield render_unit(unit)
+            yield render_fn(unit)
         return
-    pool = _pool(workers)
-    try:
-        yield from pool.imap_unordered(render_unit, units, chunksize=1)
-        pool.close()
-    except BaseException:
-        pool.terminate()
-        raise
-    finally:
-        pool.join()
-
-
-def default_workers() -> int:
-    """One worker per CPU core this process may use."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
+    with IsolatedPool(workers) as pool:
+        for unit in units:
+            pool.submit(unit, render_fn, (unit,), timeout=time_limit(unit))
+        while pool.pending:
+            for outcome in pool.wait():
+                if outcome.ok:
+                    yield outcome.value
+                else:
+                    u = outcome.key
+                    yield UnitResult(u.split, u.shard, u.row, u.chunk, u.model.model_id,
+                                     error=f"render worker: {outcome.error}")
 
 
 def run_job(spec: RenderSpec, out_dir: str | Path | None = None, workers: int | None = None, node_index: int = 0,
-            num_nodes: int = 1, progress: bool = True, log: Callable[[str], None] | None = None) -> JobReport:
+            num_nodes: int = 1, progress: bool = True, log: Callable[[str], None] | None = None,
+            render_fn: Callable[[Unit], UnitResult] = render_unit,
+            time_limit: Callable[[Unit], float] = unit_time_limit) -> JobReport:
     """Render this node's share of ``spec`` into ``out_dir`` (default ``spec.output``).
 
     Args:
@@ -330,6 +335,10 @@ def run_job(spec: RenderSpec, out_dir: str | Path | None = None, workers: int | 
         node_index, num_nodes: this machine's share (see :func:`~.plan.shards_for_node`).
         progress: show a tqdm bar (images/s, ETA) on stderr.
         log: where one-line messages go (default: stderr).
+        render_fn, time_limit: test hooks (picklable, module-level): what a
+            worker runs per unit (default :func:`render_unit`) and its time
+            limit in seconds (default :func:`unit_time_limit`); the tests use
+            them to make a worker crash or hang, which real models rarely do.
 
     Returns the :class:`JobReport`. Raises SpecError/PlanError (bad spec or
     nothing to render), CatalogError (bad library) and OSError.
@@ -358,7 +367,7 @@ def run_job(spec: RenderSpec, out_dir: str | Path | None = None, workers: int | 
         if not todo:
             break
         attempted.update(s.path.name + s.split + s.fingerprint for s in todo)
-        new_failures = _render_shards(spec, todo, workers, progress, report, log)
+        new_failures = _render_shards(spec, todo, workers, progress, report, log, render_fn, time_limit)
         if not new_failures:
             break
     report.seconds = time.perf_counter() - start
@@ -394,7 +403,8 @@ def _stale_shards(plan: SplitPlan) -> list[str]:
 
 
 def _render_shards(spec: RenderSpec, shards: list[ShardPlan], workers: int, progress: bool, report: JobReport,
-                   log) -> dict[str, str]:
+                   log, render_fn: Callable[[Unit], UnitResult] = render_unit,
+                   time_limit: Callable[[Unit], float] = unit_time_limit) -> dict[str, str]:
     """Render ``shards``; returns the models that failed in this pass."""
     _remove_stale_temporaries(shards)
     by_key = {(s.split, s.index): s for s in shards}
@@ -405,7 +415,7 @@ def _render_shards(spec: RenderSpec, shards: list[ShardPlan], workers: int, prog
     dead: set[tuple[str, int]] = set()
     bar = tqdm(total=total, unit="img", desc="render", disable=not progress, dynamic_ncols=True, smoothing=0.1)
     try:
-        for result in _map(workers, units):
+        for result in _map(workers, units, render_fn, time_limit):
             key = (result.split, result.shard)
             if key in dead:
                 continue

@@ -205,7 +205,8 @@ def bench_dataset(path: Path, examples: int = 2000, workers: int | None = None, 
 
     from mmdsynth.catalog_cmd import suggest_annotations
     from mmdsynth.datasets.catalog import Catalog
-    from mmdsynth.datasets.job import default_workers, run_job
+    from mmdsynth.datasets.job import run_job
+    from mmdsynth.datasets.workers import default_workers
     from mmdsynth.datasets.library import add_models
     from mmdsynth.datasets.shards import measure_read_rate, open_split
     from mmdsynth.datasets.spec import parse_spec

@@ -145,7 +145,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def cmd_scan(args: argparse.Namespace) -> int:
     """``mmdsynth scan``: returns 0, or 1 when some archive or model failed."""
     from mmdsynth.datasets.archives import ArchiveLimits
-    from mmdsynth.datasets.scan import ScanError, ScanLimits, WorkerStartError, check_downloads, scan_downloads
+    from mmdsynth.datasets.scan import ScanError, ScanLimits, check_downloads, scan_downloads
+    from mmdsynth.datasets.workers import WorkerStartError
 
     try:  # before the library is created: a refused scan leaves no library behind
         check_downloads(args.downloads, args.library)
@@ -216,7 +217,7 @@ def format_groups(groups, limit: int | None = None) -> str:
 def cmd_dedup(args: argparse.Namespace) -> int:
     """``mmdsynth dedup``: finds groups, prints them; 0."""
     from mmdsynth.datasets.dedup import DEFAULT_THRESHOLD, find_duplicates
-    from mmdsynth.datasets.scan import WorkerStartError, default_workers
+    from mmdsynth.datasets.workers import WorkerStartError, default_workers
     from mmdsynth.datasets.text import count
 
     threshold = DEFAULT_THRESHOLD if args.threshold is None else args.threshold
@@ -408,7 +409,8 @@ def bench_scan(models: list[Path] | None = None, copies: int = 8, workers: int |
 
     from mmdsynth.datasets.catalog import Catalog
     from mmdsynth.datasets.dedup import find_duplicates
-    from mmdsynth.datasets.scan import default_workers, scan_downloads
+    from mmdsynth.datasets.scan import scan_downloads
+    from mmdsynth.datasets.workers import default_workers
 
     workers = default_workers() if workers is None else workers
     if models is None:

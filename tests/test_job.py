@@ -18,7 +18,7 @@ import pytest
 
 from mmdsynth.cli import main
 from mmdsynth.datasets.catalog import Catalog
-from mmdsynth.datasets.job import catalog_records, run_job
+from mmdsynth.datasets.job import catalog_records, render_unit, run_job, unit_time_limit
 from mmdsynth.datasets.plan import plan_all
 from mmdsynth.datasets.shards import load_index, open_split
 from mmdsynth.datasets.spec import load_spec
@@ -202,6 +202,42 @@ def test_broken_model_is_recorded_and_the_run_goes_on(library, tmp_path):
     examples = open_split(spec.output, "train")
     assert {examples[i]["model_id"] for i in range(len(examples))} != {twin_id}
     assert all(examples[i]["model_id"] != twin_id for i in range(len(examples)))
+
+
+def crash_or_hang(unit):
+    """Test hook for the render workers (module level: picklable): the model
+    named "crash" kills its worker, "hang" never returns, others render."""
+    if unit.model.name == "crash":
+        os.kill(os.getpid(), signal.SIGKILL)
+    if unit.model.name == "hang":
+        time.sleep(3600)
+    return render_unit(unit)
+
+
+def short_limit(unit):
+    return 5.0 if unit.model.name == "hang" else unit_time_limit(unit)
+
+
+def test_a_crashing_or_hanging_worker_fails_only_its_model(tmp_path):
+    lib = tmp_path / "library"
+    src = write_example(tmp_path / "src" / "example")
+    for name in ("crash", "hang"):
+        twin = build_example_model()
+        twin.name = name
+        twin.positions[0, 0] += 0.001 * len(name)  # other bytes: another catalog entry
+        save_pmx(twin, src.parent / f"{name}.pmx")
+    assert main(["add", str(lib), str(src), str(src.parent / "crash.pmx"), str(src.parent / "hang.pmx")]) == 0
+    with Catalog.open(lib) as cat:
+        ids = {r.name: r.id for r in cat.models()}
+    spec = make_spec(tmp_path, lib, train=6, shard_size=3)
+    report = run_job(spec, workers=2, progress=False, render_fn=crash_or_hang, time_limit=short_limit)
+    assert set(report.failed) == {ids["crash"], ids["hang"]}
+    assert "killed by SIGKILL" in report.failed[ids["crash"]] and "timed out after 5 s" in report.failed[ids["hang"]]
+    index = load_index(spec.output / "train")
+    assert index["examples"] == 6 and {f["model_id"] for f in index["failed"]} == {ids["crash"], ids["hang"]}
+    examples = open_split(spec.output, "train")
+    survivors = {model_id for name, model_id in ids.items() if name not in ("crash", "hang")}
+    assert {examples[i]["model_id"] for i in range(len(examples))} == survivors
 
 
 def test_report_counts_only_examples_written(tmp_path):

@@ -26,7 +26,8 @@ from mmdsynth.datasets.archives import (
 )
 from mmdsynth.datasets.catalog import Catalog
 from mmdsynth.datasets.character import check_character
-from mmdsynth.datasets.scan import IsolatedPool, ScanError, ScanLimits, scan_downloads
+from mmdsynth.datasets.scan import ScanError, ScanLimits, scan_downloads
+from mmdsynth.datasets.workers import IsolatedPool
 from mmdsynth.mmd.example import build_example_model, write_example
 from mmdsynth.mmd.loader import load_model
 
