@@ -167,6 +167,30 @@ def test_loader_with_workers_delivers_the_sampler_order(dataset):
     assert sum(ev, []) == list(range(24)) and [len(b) for b in ev] == [5, 5, 5, 5, 4]
 
 
+def test_pinned_batches_are_private_copies(dataset, monkeypatch):
+    """With pin_memory (the trainer's choice on CUDA) every tensor of a batch goes
+    through Tensor.pin_memory, so no batch aliases the workers' shared pool.
+    This CPU build cannot pin: pin_memory is replaced by a recording copy."""
+    pinned = []
+
+    def fake_pin(t):
+        copy = t.clone()
+        pinned.append(copy.data_ptr())
+        return copy
+
+    monkeypatch.setattr(torch.Tensor, "pin_memory", fake_pin)
+    monkeypatch.setattr(torch.Tensor, "is_pinned", lambda t: t.data_ptr() in pinned)
+    ds = ShardDataset(dataset, "train", images=("rest", "morphed"))
+    batches = list(StepBatchSampler(len(ds), 4, seed=1, total_steps=3))
+    for workers in (0, 2):
+        got = list(make_loader(ds, batches, 4, workers=workers, copy=False, pin_memory=True))
+        assert [b["index"].tolist() for b in got] == batches
+        for b in got:
+            assert all(v.data_ptr() in pinned for v in b.values() if isinstance(v, torch.Tensor))
+        assert len({b["rest"].data_ptr() for b in got}) == len(got)  # not the same pool slot twice
+        assert torch.equal(got[0]["morphed"], ds[batches[0]]["morphed"])
+
+
 # ============================================================================= config
 
 
@@ -203,32 +227,47 @@ def test_config_errors(tmp_path, dataset):
 
 
 def test_tiny_morpher_learns(dataset, tmp_path):
-    history = train(dataset, tmp_path / "run", train__steps=16, data__val_examples=4, log__val_every=8,
-                    log__checkpoint_every=8, log__log_every=4)
+    history = train(dataset, tmp_path / "run", train__steps=32, data__val_examples=4, log__val_every=16,
+                    log__checkpoint_every=16, log__log_every=8)
     losses = [loss for _, loss in history]
-    assert len(losses) == 16 and all(np.isfinite(losses))
+    assert len(losses) == 32 and all(np.isfinite(losses))
     assert np.mean(losses[-4:]) < 0.5 * np.mean(losses[:4])
     rows = read_log(tmp_path / "run" / "log.csv")
     train_rows = [r for r in rows if r["split"] == "train"]
     val_rows = [r for r in rows if r["split"] == "val"]
-    assert [int(r["step"]) for r in train_rows] == [4, 8, 12, 16]
-    assert [int(r["step"]) for r in val_rows] == [8, 16] and val_rows[0]["output"] == "output"
+    assert [int(r["step"]) for r in train_rows] == [8, 16, 24, 32]
+    assert [int(r["step"]) for r in val_rows] == [16, 32] and val_rows[0]["output"] == "output"
     assert float(val_rows[1]["l1"]) < float(val_rows[0]["l1"])
     for r in val_rows:
         assert 0 <= float(r["ssim"]) <= 1 and float(r["psnr"]) > 0 and float(r["rmse"]) >= float(r["l1"])
-    assert sorted(p.name for p in (tmp_path / "run" / "grids").iterdir()) == ["step-0000008.png", "step-0000016.png"]
+    assert sorted(p.name for p in (tmp_path / "run" / "grids").iterdir()) == ["step-0000016.png", "step-0000032.png"]
     from PIL import Image
 
-    with Image.open(tmp_path / "run" / "grids" / "step-0000016.png") as im:
+    with Image.open(tmp_path / "run" / "grids" / "step-0000032.png") as im:
         assert im.width == 3 * 256 and im.height > 2 * 256  # input | output | target, two rows
     ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
-    assert ckpt["step"] == 16 and ckpt["examples"] == 32 and ckpt["network"] == "morpher"
+    assert ckpt["step"] == 32 and ckpt["examples"] == 64 and ckpt["network"] == "morpher"
     assert ckpt["pose_names"] == ["left_eye", "right_eye", "mouth"]
     assert ckpt["metrics"]["output"]["examples"] == 4
     assert set(ckpt["rng"]) == {"torch", "cuda", "numpy", "python"}
     steps = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
-    assert steps == ["step-0000008.pt", "step-0000016.pt"]
+    assert steps == ["step-0000016.pt", "step-0000032.pt"]
     assert not [p for p in (tmp_path / "run").rglob("*.tmp")]
+
+
+def test_perceptual_term_from_local_weights_trains(dataset, tmp_path):
+    """train.perceptual_weights (a local file, nothing downloaded) adds the VGG16 term to the loss."""
+    from test_train_metrics import _fake_vgg16
+
+    weights = _fake_vgg16(tmp_path / "vgg16.pth")
+    plain = train(dataset, tmp_path / "plain", train__steps=2, data__val_examples=0, log__val_every=0)
+    both = train(dataset, tmp_path / "both", train__steps=2, data__val_examples=0, log__val_every=0,
+                 train__perceptual_weights=str(weights), train__perceptual_weight=0.5)
+    only = train(dataset, tmp_path / "only", train__steps=2, data__val_examples=0, log__val_every=0,
+                 train__perceptual_weights=str(weights), train__l1_weight=0.0)
+    assert all(np.isfinite(loss) and loss > 0 for _, loss in both + only)
+    # same seed, same first batch: the first loss is the L1 term plus half the perceptual term
+    assert both[0][1] == pytest.approx(plain[0][1] + 0.5 * only[0][1], rel=1e-4)
 
 
 def test_resume_gives_the_same_losses(dataset, tmp_path):

@@ -432,13 +432,17 @@ class BatchLoader:
     batch are views of a shared pool slot that workers refill: they are valid
     until the next batch is requested (convert them first, e.g. with
     :func:`to_float`, as the trainer does). With ``copy=True`` (default) they
-    are private copies.
+    are private copies. With ``pin_memory`` every tensor of a batch is a
+    private copy in page-locked memory (torch's caching host allocator, which
+    keeps a block until the copies that read it are done), so
+    ``to(device, non_blocking=True)`` overlaps with the GPU's work.
     """
 
-    def __init__(self, loader: DataLoader, pooled: _PooledDataset | None, copy: bool):
+    def __init__(self, loader: DataLoader, pooled: _PooledDataset | None, copy: bool, pin_memory: bool = False):
         self.loader = loader
         self.pooled = pooled
         self.copy = copy
+        self.pin_memory = pin_memory
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         for batch in self.loader:
@@ -447,7 +451,10 @@ class BatchLoader:
                 slot = int(batch.pop("slot"))
                 for kind, pool in self.pooled.pool.items():
                     view = pool[slot, :n]
-                    batch[kind] = view.clone() if self.copy else view
+                    batch[kind] = view.pin_memory() if self.pin_memory else view.clone() if self.copy else view
+            if self.pin_memory:
+                batch = {k: v.pin_memory() if isinstance(v, torch.Tensor) and not v.is_pinned() else v
+                         for k, v in batch.items()}
             yield batch
 
     def __len__(self) -> int:
@@ -455,7 +462,8 @@ class BatchLoader:
 
 
 def make_loader(dataset: ShardDataset, batches, batch_size: int, workers: int | None = None,
-                prefetch_factor: int = 2, persistent: bool = True, copy: bool = True) -> BatchLoader:
+                prefetch_factor: int = 2, persistent: bool = True, copy: bool = True,
+                pin_memory: bool = False) -> BatchLoader:
     """An iterable of transport-layout batches (see :class:`ShardDataset`).
 
     Args:
@@ -466,7 +474,8 @@ def make_loader(dataset: ShardDataset, batches, batch_size: int, workers: int | 
         workers: worker processes (None: :func:`default_workers`; 0: read in this process).
         prefetch_factor: batches each worker reads ahead.
         persistent: keep the workers (their open files and rest-image caches) between iterations.
-        copy: see :class:`BatchLoader`.
+        copy, pin_memory: see :class:`BatchLoader` (the trainer pins when it
+            trains on CUDA; pinning needs a CUDA build of torch).
 
     With workers, a whole batch is read by one worker (``batch_size=None``
     DataLoader over batches of indices: no per-example collation) straight into
@@ -475,13 +484,13 @@ def make_loader(dataset: ShardDataset, batches, batch_size: int, workers: int | 
     prefetch_factor`` batches in flight, so a slot is never refilled while the
     batch in it is still in use). Workers are forked where the platform allows
     it (the dataset holds no open files before it is read; every child opens
-    its own). Batches are not pinned: host-to-GPU copies move uint8 (4x fewer
-    bytes than float32) and the float conversion runs on the GPU.
+    its own). Host-to-GPU copies move uint8 (4x fewer bytes than float32) and
+    the float conversion runs on the GPU.
     """
     workers = default_workers() if workers is None else max(0, int(workers))
     if workers == 0:
         loader = DataLoader(dataset, batch_size=None, sampler=batches, num_workers=0)
-        return BatchLoader(loader, None, copy)
+        return BatchLoader(loader, None, copy, pin_memory)
     slots = workers * prefetch_factor + 2
     pooled = _PooledDataset(dataset, slots, batch_size)
     kw: dict[str, Any] = {"prefetch_factor": prefetch_factor, "persistent_workers": persistent}
@@ -490,7 +499,7 @@ def make_loader(dataset: ShardDataset, batches, batch_size: int, workers: int | 
     if "fork" in mp.get_all_start_methods():
         kw["multiprocessing_context"] = "fork"
     loader = DataLoader(pooled, batch_size=None, sampler=_SlotBatches(batches, slots), num_workers=workers, **kw)
-    return BatchLoader(loader, pooled, copy)
+    return BatchLoader(loader, pooled, copy, pin_memory)
 
 
 def eval_batches(n: int, batch_size: int, rank: int = 0, world_size: int = 1) -> list[list[int]]:

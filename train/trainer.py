@@ -550,7 +550,7 @@ class Trainer:
         n = len(self.val_set)
         b = self.cfg.data.batch_size
         return make_loader(self.val_set, eval_batches(n, b, self.d.rank, self.d.world), b,
-                           workers=self._workers(), persistent=False, copy=False)
+                           workers=self._workers(), persistent=False, copy=False, pin_memory=self.device.type == "cuda")
 
     def _workers(self) -> int | None:
         return self.cfg.data.workers
@@ -635,7 +635,8 @@ class Trainer:
                 return self.history
             sampler = StepBatchSampler(len(self.train_set), b, cfg.seed, self.d.rank, self.d.world,
                                        start_step=self.step, total_steps=self.total_steps)
-            loader = make_loader(self.train_set, sampler, b, workers=self._workers(), copy=False)
+            loader = make_loader(self.train_set, sampler, b, workers=self._workers(), copy=False,
+                                 pin_memory=self.device.type == "cuda")
             self.log(f"training {cfg.network} ({sum(p.numel() for p in self.model.parameters()):,} parameters) "
                      f"on {len(self.train_set)} examples, {self.d.world} process(es) x batch {b}, "
                      f"device {self.device}, steps {self.step + 1}..{self.total_steps}; run folder {self.out}")
@@ -769,7 +770,7 @@ def evaluate_checkpoint(path: str | os.PathLike, split: str = "test", data_dir: 
     except ValueError as exc:
         raise ConfigError(f"{data_dir}: {exc}") from None
     loader = make_loader(ds, eval_batches(len(ds), batch_size), batch_size, workers=workers, persistent=False,
-                         copy=False)
+                         copy=False, pin_memory=dev.type == "cuda")
     return evaluate(model, task, loader, dev, _NoDist())
 
 
