@@ -186,6 +186,9 @@ def cmd_catalog(args: argparse.Namespace) -> int:
             return _cmd_import(Path(rest[1]), Path(rest[2]))
         except sqlite3.Error as exc:
             raise _user_error(f"{rest[1]}: catalog: {exc}") from None
+    if rest[0] in ("export", "import") and not Path(rest[0]).is_dir():  # a word, not a library folder
+        what = "OUT.json" if rest[0] == "export" else "IN.json"
+        raise _user_error(f"catalog {rest[0]} needs LIB {what} (got {len(rest) - 1} argument{'s' if len(rest) != 2 else ''})")
     if len(rest) != 1:
         raise _user_error("usage: catalog LIB [--json] | catalog export LIB OUT.json | catalog import LIB IN.json")
     try:

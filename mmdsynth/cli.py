@@ -19,9 +19,18 @@ __all__ = ["UserError", "build_parser", "main"]
 COMMAND_MODULES = (model_cmd, catalog_cmd, curate_cmd, render_cmd, view_cmd, train_cmd, annotate_cmd, bench)
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line on stderr (exit code 2),
+    like every other bad input, with a pointer to ``--help`` instead of the
+    usage block. Subcommand parsers inherit the class."""
+
+    def error(self, message: str):
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="mmdsynth",
         description="Turn MikuMikuDance (PMX/PMD) models into Talking Head Anime training data.",
     )

@@ -100,3 +100,20 @@ def test_bench_parse_missing_file_is_a_user_error(capsys):
 def test_module_entry_point_and_help():
     proc = run_cli("--help")
     assert proc.returncode == 0 and "info" in proc.stdout and "example" in proc.stdout and "bench" in proc.stdout
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["pose", "m.pmx", "--out", "x.png", "--directional", "abc"],
+     "mmdsynth pose: error: argument --directional: invalid float value: 'abc' (see mmdsynth pose --help)"),
+    (["pose", "m.pmx"], "mmdsynth pose: error: the following arguments are required: --out (see mmdsynth pose --help)"),
+    (["nosuch"], "mmdsynth: error: argument COMMAND: invalid choice: 'nosuch'"),
+    (["catalog", "export"], "mmdsynth catalog: error: catalog export needs LIB OUT.json (got 0 arguments)"),
+])
+def test_usage_errors_are_one_line_and_exit_2(argv, expected, capsys):
+    """No usage block: one line that says what is wrong and where the help is."""
+    try:
+        code = main(argv)
+    except SystemExit as exc:
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and err.startswith(expected)
