@@ -36,7 +36,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,8 +44,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .catalog import Catalog
-from .plan import HeadBounds, PlanModel, ShardPlan, SplitPlan, expression_only, plan_all, shards_for_node
+from .catalog import Catalog, ModelRecord
+from .plan import HeadBounds, PlanError, PlanModel, ShardPlan, SplitPlan, expression_only, plan_all, shards_for_node
 from .shards import ShardMeta, ShardWriter, encode_images, load_index, shard_is_complete, update_index
 from .spec import RenderSpec
 from .workers import IsolatedPool, default_workers
@@ -349,6 +349,12 @@ def run_job(spec: RenderSpec, out_dir: str | Path | None = None, workers: int | 
     report = JobReport()
     with Catalog.open(spec.library) as catalog:
         records = catalog_records(catalog)
+        unusable = [r for r in catalog.models() if r.status != "ok"]
+    _check_listed_ids(spec, unusable)
+    if unusable:
+        counts = Counter(r.status for r in unusable)
+        log(f"not rendered: {', '.join(f'{n} {status}' for status, n in sorted(counts.items()))} model(s) of the "
+            f"library (mmdsynth catalog {spec.library} --status STATUS lists them)")
     start = time.perf_counter()
     attempted: set[str] = set()
     while True:
@@ -373,6 +379,21 @@ def run_job(spec: RenderSpec, out_dir: str | Path | None = None, workers: int | 
     report.seconds = time.perf_counter() - start
     report.failed = failed | report.failed
     return report
+
+
+def _check_listed_ids(spec: RenderSpec, unusable: Sequence[ModelRecord]) -> None:
+    """Raise PlanError when a split lists (by id or id prefix) a model whose
+    status keeps it out of every dataset (duplicate, error, unusable, not a
+    character), naming the status and its reason."""
+    for split in spec.splits:
+        if split.models.kind != "ids":
+            continue
+        for listed in split.models.ids:
+            for r in unusable:
+                if r.id == listed or (isinstance(listed, str) and isinstance(r.id, str) and r.id.startswith(listed)):
+                    why = f" ({r.reason})" if r.reason else ""
+                    raise PlanError(f"split {split.name}: model {listed!r} ({r.name or r.path}) has status "
+                                    f"{r.status}{why}; only models with status ok are rendered")
 
 
 def _record_plans(plans: dict[str, SplitPlan], report: JobReport, log) -> None:

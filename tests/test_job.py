@@ -19,7 +19,7 @@ import pytest
 from mmdsynth.cli import main
 from mmdsynth.datasets.catalog import Catalog
 from mmdsynth.datasets.job import catalog_records, render_unit, run_job, unit_time_limit
-from mmdsynth.datasets.plan import plan_all
+from mmdsynth.datasets.plan import PlanError, plan_all
 from mmdsynth.datasets.shards import load_index, open_split
 from mmdsynth.datasets.spec import load_spec
 from mmdsynth.mmd.example import build_example_model, write_example
@@ -238,6 +238,33 @@ def test_a_crashing_or_hanging_worker_fails_only_its_model(tmp_path):
     examples = open_split(spec.output, "train")
     survivors = {model_id for name, model_id in ids.items() if name not in ("crash", "hang")}
     assert {examples[i]["model_id"] for i in range(len(examples))} == survivors
+
+
+def test_models_that_are_not_ok_are_named_not_silently_dropped(tmp_path):
+    lib = tmp_path / "library"
+    src = write_example(tmp_path / "src" / "example")
+    twin = build_example_model()
+    twin.name = "twin"
+    save_pmx(twin, src.parent / "twin.pmx")
+    assert main(["add", str(lib), str(src), str(src.parent / "twin.pmx")]) == 0
+    with Catalog.open(lib) as cat:
+        twin_id = next(r.id for r in cat.models() if r.name == "twin")
+        cat.set_status(twin_id, "duplicate", "same geometry as the example")
+    lines = []
+    spec = make_spec(tmp_path, lib, train=4)
+    run_job(spec, workers=0, progress=False, log=lines.append)
+    assert any(line.startswith("not rendered: 1 duplicate model(s) of the library") for line in lines)
+    listed = load_spec(write_spec_file(tmp_path, lib, f'ids = ["{twin_id[:10]}"]'))
+    with pytest.raises(PlanError, match=rf"split train: model '{twin_id[:10]}' \(twin\) has status duplicate "
+                                        r"\(same geometry as the example\); only models with status ok are rendered"):
+        run_job(listed, workers=0, progress=False, log=lines.append)
+
+
+def write_spec_file(tmp_path: Path, library: Path, selection: str) -> Path:
+    path = tmp_path / "ids.toml"
+    path.write_text(f'library = "{library}"\noutput = "{tmp_path / "ids-out"}"\n'
+                    f"[splits.train]\nexamples = 2\n{selection}\n", encoding="utf-8")
+    return path
 
 
 def test_report_counts_only_examples_written(tmp_path):
