@@ -46,7 +46,8 @@ from tqdm import tqdm
 
 from .catalog import Catalog, ModelRecord
 from .plan import HeadBounds, PlanError, PlanModel, ShardPlan, SplitPlan, expression_only, plan_all, shards_for_node
-from .shards import ShardMeta, ShardWriter, encode_images, load_index, shard_is_complete, update_index
+from .shards import (ShardMeta, ShardWriter, adopt_shard, encode_images, load_index, shard_is_complete,
+                     update_index)
 from .spec import RenderSpec
 from .workers import IsolatedPool, default_workers
 
@@ -210,6 +211,7 @@ class JobReport:
 
     shards_written: list[Path] = field(default_factory=list)
     shards_kept: list[Path] = field(default_factory=list)
+    shards_adopted: list[Path] = field(default_factory=list)
     examples: int = 0
     images: int = 0
     seconds: float = 0.0
@@ -365,6 +367,7 @@ def run_job(spec: RenderSpec, out_dir: str | Path | None = None, workers: int | 
         plans = plan_all(spec, records, out, failed=failed)
         todo = [s for s in shards_for_node(list(plans.values()), node_index, num_nodes)
                 if not shard_is_complete(s.path, s.fingerprint)]
+        todo = _adopt_copied_shards(todo, report, log)
         if not attempted:  # first pass: record the plans and what was kept
             _record_plans(plans, report, log)
             mine = shards_for_node(list(plans.values()), node_index, num_nodes)
@@ -379,6 +382,27 @@ def run_job(spec: RenderSpec, out_dir: str | Path | None = None, workers: int | 
     report.seconds = time.perf_counter() - start
     report.failed = failed | report.failed
     return report
+
+
+def _adopt_copied_shards(todo: list[ShardPlan], report: JobReport, log) -> list[ShardPlan]:
+    """Shards of ``todo`` whose file is present but not listed in ``index.json``
+    (copied in from another node's output folder) are checked against the plan
+    (:func:`~.shards.adopt_shard`) and listed; returns the rest of ``todo``.
+    A listed file whose sha256 does not match is not adopted: it is redone."""
+    left = []
+    for shard in todo:
+        info = None
+        if shard.path.is_file() and not any(e.get("file") == shard.path.name
+                                            for e in load_index(shard.path.parent).get("shards", [])):
+            info = adopt_shard(shard.path, shard.fingerprint, len(shard.examples), shard.split, shard.index)
+        if info is None:
+            left.append(shard)
+            continue
+        update_index(shard.path.parent, shard=info, split=shard.split)
+        report.shards_adopted.append(shard.path)
+    if len(left) < len(todo):
+        log(f"adopted {len(todo) - len(left)} shard file(s) that index.json did not list (plan and images checked)")
+    return left
 
 
 def _check_listed_ids(spec: RenderSpec, unusable: Sequence[ModelRecord]) -> None:
@@ -476,7 +500,8 @@ def _render_shards(spec: RenderSpec, shards: list[ShardPlan], workers: int, prog
 def format_report(report: JobReport, out_dir: Path) -> str:
     """Lines summarising a run for the terminal."""
     lines = [f"dataset: {out_dir}"]
-    lines.append(f"  shards written: {len(report.shards_written)}, already complete: {len(report.shards_kept)}")
+    adopted = f", adopted: {len(report.shards_adopted)}" if report.shards_adopted else ""
+    lines.append(f"  shards written: {len(report.shards_written)}, already complete: {len(report.shards_kept)}{adopted}")
     lines.append(f"  examples rendered: {report.examples} ({report.images} images in {report.seconds:.1f} s, "
                  f"{report.images_per_second:.1f} images/s)")
     n_skipped = sum(len(v) for v in report.skipped.values())

@@ -111,6 +111,7 @@ __all__ = [
     "file_sha256",
     "verify_shard",
     "shard_is_complete",
+    "adopt_shard",
     "list_splits",
     "measure_read_rate",
 ]
@@ -699,6 +700,38 @@ def update_index(split_dir: str | os.PathLike, *, shard: ShardInfo | Mapping[str
             index["failed"] = [f for f in index.get("failed", []) if json.dumps(f.get("model_id")) not in new_ids] + failed
         write_index(split_dir, index)
         return load_index(split_dir)
+
+
+def adopt_shard(path: str | os.PathLike, fingerprint: str, examples: int, split: str, shard_index: int) -> ShardInfo | None:
+    """Check a shard file that ``index.json`` does not list (copied in from
+    another node's output folder, say) against its plan, and describe it.
+
+    The file must be a readable shard of this format whose ``plan_fingerprint``,
+    ``split``, ``shard_index`` and example count are the planned ones, and
+    every image in it must decode. Returns its :class:`ShardInfo` (sha256 of
+    the file as it is, for :func:`update_index`), or None when it does not
+    qualify (it is then rendered again). Never raises for a bad file.
+    """
+    path = Path(path)
+    try:
+        with h5py.File(path, "r", locking=False) as f:
+            a = f.attrs
+            if (a.get("format") != FORMAT or int(a.get("format_version", -1)) != FORMAT_VERSION
+                    or a.get("plan_fingerprint") != fingerprint or a.get("split") != split
+                    or int(a.get("shard_index", -1)) != shard_index or int(a.get("examples", -1)) != examples):
+                return None
+            renderer, version, created = str(a.get("renderer", "")), str(a.get("package_version", "")), str(a.get("created", ""))
+            models = int(a.get("num_models", -1))
+        with open_shard(path) as shard:
+            if len(shard) != examples:
+                return None
+            for i in range(len(shard)):
+                shard[i]  # every image decodes
+        return ShardInfo(path=path, index=shard_index, examples=examples, models=models,
+                         bytes=path.stat().st_size, sha256=file_sha256(path), plan=fingerprint, renderer=renderer,
+                         package_version=version, written=created)
+    except (OSError, ValueError, KeyError, TypeError):  # ShardError is a ValueError
+        return None
 
 
 def shard_is_complete(path: str | os.PathLike, fingerprint: str | None = None, index: Mapping[str, Any] | None = None) -> bool:

@@ -158,6 +158,37 @@ def test_node_split_union_equals_single_run(reference, library, tmp_path):
     assert_same(reference[2], arrays(tmp_path / "out" / "train"))
 
 
+def test_nodes_with_their_own_output_folders_merge_by_copying(reference, library, tmp_path):
+    """Each node renders into its own folder; the shard files copied into one
+    folder and one more run there adopt them (plan and images checked) and
+    render nothing; a copied file that does not fit the plan is redone."""
+    spec = make_spec(tmp_path, library)
+    for node in (0, 1):
+        run_job(spec, out_dir=tmp_path / f"node{node}", workers=0, node_index=node, num_nodes=2, progress=False)
+    merged = tmp_path / "merged" / "train"
+    merged.mkdir(parents=True)
+    for node in (0, 1):
+        for f in (tmp_path / f"node{node}" / "train").glob("shard-*.h5"):
+            shutil.copy2(f, merged / f.name)
+    lines = []
+    report = run_job(spec, out_dir=tmp_path / "merged", workers=0, progress=False, log=lines.append)
+    assert report.shards_written == [] and len(report.shards_adopted) == 3
+    assert "adopted 3 shard file(s) that index.json did not list (plan and images checked)" in lines
+    assert_same(reference[2], arrays(merged))
+    assert len(load_index(merged)["shards"]) == 3
+    # a stranger under a planned name (another spec's shard) is not adopted: it is rendered again
+    other_toml = tmp_path / "other.toml"
+    other_toml.write_text(SPEC.format(library=library, output=tmp_path / "other", shard_size=4, train=12)
+                          .replace("seed = 7", "seed = 8"), encoding="utf-8")
+    other = load_spec(other_toml)
+    run_job(other, workers=0, progress=False)
+    (merged / "index.json").unlink()
+    shutil.copy2(other.output / "train" / "shard-00000.h5", merged / "shard-00000.h5")
+    report = run_job(spec, out_dir=tmp_path / "merged", workers=0, progress=False)
+    assert [p.name for p in report.shards_written] == ["shard-00000.h5"] and len(report.shards_adopted) == 2
+    assert_same(reference[2], arrays(merged))
+
+
 def test_killed_run_resumes_to_the_same_arrays(reference, library, tmp_path):
     spec_path = tmp_path / "kill.toml"
     spec_path.write_text(SPEC.format(library=library, output=tmp_path / "out", shard_size=4, train=12), encoding="utf-8")
