@@ -7,7 +7,9 @@ would, and the catalog rows (values, origin, timestamps, status) are checked.
 
 from __future__ import annotations
 
+import html
 import os
+import re
 
 os.environ["QT_QPA_PLATFORM"] = "offscreen"  # before Qt is imported: no display, no Xvfb needed
 
@@ -29,7 +31,7 @@ from PyQt5 import QtCore, QtGui, QtWidgets  # noqa: E402
 from qtkit import key, show_window  # noqa: E402
 
 from mmdsynth.annotate.eyes import EyesWindow, candidate_tiles, caption_lines, face_spec  # noqa: E402
-from mmdsynth.annotate.heads import BOTTOM, FINE, TOP, HeadsWindow, tha1_spec  # noqa: E402
+from mmdsynth.annotate.heads import BOTTOM, COARSE, FINE, TOP, HeadsWindow, tha1_spec  # noqa: E402
 from mmdsynth.annotate.model_list import ModelListModel, load_rows, progress_of  # noqa: E402
 from mmdsynth.annotate.render_worker import RenderWorker, ViewSpec  # noqa: E402
 from mmdsynth.annotate.session import AnnotationSession, UndoConflict  # noqa: E402
@@ -79,6 +81,32 @@ def drag(qtbot, widget, start: QtCore.QPoint, end: QtCore.QPoint, steps: int = 4
                                   Qt.NoModifier)
         QtWidgets.QApplication.sendEvent(widget, event)
     qtbot.mouseRelease(widget, Qt.LeftButton, pos=end)
+
+
+def wheel(widget, pos: QtCore.QPoint, notches: int) -> None:
+    """Turn the mouse wheel by ``notches`` (120 eighths of a degree each; > 0: away from the user) at ``pos``."""
+    event = QtGui.QWheelEvent(QtCore.QPointF(pos), QtCore.QPointF(widget.mapToGlobal(pos)), QtCore.QPoint(0, 0),
+                              QtCore.QPoint(0, 120 * notches), Qt.NoButton, Qt.NoModifier, Qt.NoScrollPhase, False)
+    QtWidgets.QApplication.sendEvent(widget, event)
+
+
+def plain(rich: str) -> str:
+    """The text of a rich-text label, without its markup (one line per line break)."""
+    doc = QtGui.QTextDocument()
+    doc.setHtml(rich)
+    return doc.toPlainText().replace("\xa0", " ")
+
+
+def help_rows(window) -> dict[str, str]:
+    """The help overlay's key table: what an action does -> its key column, as shown."""
+    text = window.help.findChild(QtWidgets.QLabel).text()
+    rows = re.findall(r"<td style='[^']*monospace[^']*'>(.*?)</td><td[^>]*>(.*?)</td>", text)
+    return {html.unescape(what): html.unescape(keys) for keys, what in rows}
+
+
+def progress(window) -> str:
+    """The status bar's progress line as plain text."""
+    return plain(window.progress_label.text())
 
 
 # ---------------------------------------------------------------------------
@@ -198,18 +226,32 @@ def test_heads_keys_drag_accept_and_undo(qtbot, cat):
     assert w.preview.image is not None and w.preview.image.width() == 256
     h = top0 - bottom0
 
-    # keys: T selects the top line, Up moves it by FINE head heights, Shift+Up 8 times as far
+    # the progress line before any decision: nothing reviewed yet, no rate
+    assert re.fullmatch(r"done 0 / 2 \(0 reviewed, 0 unusable; 2 to review\) · "
+                        r"this session: 0 in 0:\d\d, 0\.0 models/min", progress(w)), progress(w)
+
+    # keys: T selects the top line; Up moves it by exactly FINE (half a tha1 pixel: the head spans
+    # 128 rows) of the current head height, Shift+Up by exactly COARSE (4 tha1 pixels, 8x as far)
+    assert (FINE * 128, COARSE * 128, COARSE / FINE) == (0.5, 4.0, 8.0)
     key(qtbot, w, Qt.Key_T)
-    key(qtbot, w, Qt.Key_Up)
-    key(qtbot, w, Qt.Key_Up)
-    key(qtbot, w, Qt.Key_Up, Qt.ShiftModifier)
     assert w.view.selected == TOP
-    assert w.values[TOP] > top0 + 2 * FINE * h * 0.99 and w.values[BOTTOM] == bottom0
+    for k, mod, step in ((Qt.Key_Up, Qt.NoModifier, FINE), (Qt.Key_Up, Qt.NoModifier, FINE),
+                         (Qt.Key_Up, Qt.ShiftModifier, COARSE), (Qt.Key_Down, Qt.ShiftModifier, -COARSE),
+                         (Qt.Key_Down, Qt.NoModifier, -FINE), (Qt.Key_Up, Qt.ShiftModifier, COARSE)):
+        top, height = w.values[TOP], w.values[TOP] - w.values[BOTTOM]
+        key(qtbot, w, k, mod)
+        assert w.values[TOP] - top == pytest.approx(step * height, rel=1e-9, abs=1e-12), (k, mod)
+        assert w.values[BOTTOM] == bottom0
     assert w.dirty
-    # Tab switches to the chin line; Down moves it down
+    # Tab switches to the chin line; Down moves it down by exactly the fine step, Shift+Down the coarse one
     key(qtbot, w, Qt.Key_Tab)
     assert w.view.selected == BOTTOM
-    key(qtbot, w, Qt.Key_Down)
+    top_now = w.values[TOP]
+    for mod, step in ((Qt.NoModifier, FINE), (Qt.ShiftModifier, COARSE)):
+        bottom, height = w.values[BOTTOM], w.values[TOP] - w.values[BOTTOM]
+        key(qtbot, w, Qt.Key_Down, mod)
+        assert bottom - w.values[BOTTOM] == pytest.approx(step * height, rel=1e-9, abs=1e-12), mod
+        assert w.values[TOP] == top_now
     assert w.values[BOTTOM] < bottom0
 
     # drag the chin line 30 pixels down with the mouse
@@ -219,9 +261,34 @@ def test_heads_keys_drag_accept_and_undo(qtbot, cat):
     before_drag = w.values[BOTTOM]
     drag(qtbot, vp, QtCore.QPoint(x, y + 2), QtCore.QPoint(x, y + 32))
     assert w.values[BOTTOM] < before_drag - 0.01 * h
-    # dragging elsewhere pans the view and leaves the lines alone
+    # dragging elsewhere pans the view (the scene follows the mouse: both scroll bars move by the
+    # drag, in pixels) and leaves the lines and the zoom alone
     values = dict(w.values)
-    drag(qtbot, vp, QtCore.QPoint(x, 5), QtCore.QPoint(x + 40, 45))
+    view, hbar, vbar = w.view, w.view.horizontalScrollBar(), w.view.verticalScrollBar()
+    assert hbar.minimum() < hbar.value() - 40 and vbar.minimum() < vbar.value() - 30  # room to scroll
+    h0, v0, m0 = hbar.value(), vbar.value(), view.transform()
+    center0 = view.mapToScene(vp.rect().center())
+    drag(qtbot, vp, QtCore.QPoint(x, 5), QtCore.QPoint(x + 40, 35))
+    assert (hbar.value(), vbar.value()) == (h0 - 40, v0 - 30)
+    assert view.transform() == m0 and w.values == values
+    center1 = view.mapToScene(vp.rect().center())
+    assert center1.x() - center0.x() == pytest.approx(-40 / m0.m11(), rel=0.02)
+    assert center1.y() - center0.y() == pytest.approx(-30 / m0.m22(), rel=0.02)
+    # the wheel (no modifier needed) zooms by 1.15 a notch, both axes; back the other way; the lines stay.
+    # Zoomed out beyond 0.8x the fit, the dimmed whole-body render shows behind.
+    assert view.transform().m11() == pytest.approx(view.fit_scale)
+    assert not view.body_item.isVisible()
+    z = view.transform().m11()
+    at = QtCore.QPoint(vp.width() // 2, vp.height() // 2)
+    wheel(vp, at, 1)
+    assert (view.transform().m11(), view.transform().m22()) == (pytest.approx(z * 1.15), pytest.approx(z * 1.15))
+    wheel(vp, at, -2)
+    assert view.transform().m11() == pytest.approx(z / 1.15)
+    assert not view.body_item.isVisible()  # 0.87x the fit
+    wheel(vp, at, -1)
+    assert view.transform().m11() == pytest.approx(z / 1.15 ** 2) and view.body_item.isVisible()  # 0.76x
+    wheel(vp, at, 2)
+    assert view.transform().m11() == pytest.approx(z) and not view.body_item.isVisible()
     assert w.values == values
     # the live preview follows the values
     qtbot.waitUntil(lambda: "tha1" in w.shown and w._preview_shown >= 0, timeout=30000)
@@ -230,6 +297,7 @@ def test_heads_keys_drag_accept_and_undo(qtbot, cat):
 
     # Enter: saved at once as human, with a fresh timestamp; the tool moves on
     on_screen = dict(w.values)
+    w.session.started = time.monotonic() - 120  # the session began two minutes ago: 1 model -> 0.5 a minute
     with qtbot.waitSignal(w.decided, timeout=5000):
         key(qtbot, w, Qt.Key_Return)
     saved = cat.annotations(gene)
@@ -240,13 +308,17 @@ def test_heads_keys_drag_accept_and_undo(qtbot, cat):
     assert w.current.id == gene and w.origin == "human" and not w.dirty
     assert "last model" in w.statusBar().currentMessage()
     assert w.list_model.row_of(gene).state == "human"
-    assert "done 1 / 2" in w.progress_label.text()
+    # the progress line: one more reviewed, one fewer to review; this session 1 model in 2 minutes
+    assert re.fullmatch(r"done 1 / 2 \(1 reviewed, 0 unusable; 1 to review\) · "
+                        r"this session: 1 in 2:0\d, 0\.5 models/min", progress(w)), progress(w)
 
     # Ctrl+Z: the auto values come back exactly, and the tool shows Gene again
     key(qtbot, w, Qt.Key_Z, Qt.ControlModifier)
     assert cat.annotations(gene)[TOP] == stored[TOP] and cat.annotations(gene)[BOTTOM] == stored[BOTTOM]
     assert w.current.id == gene and w.values == {TOP: top0, BOTTOM: bottom0}
     assert w.list_model.row_of(gene).state == "auto"
+    assert re.fullmatch(r"done 0 / 2 \(0 reviewed, 0 unusable; 2 to review\) · "
+                        r"this session: 0 in 2:0\d, 0\.0 models/min", progress(w)), progress(w)
     w.close()
 
 
@@ -257,9 +329,34 @@ def test_heads_unusable_key_help_overlay_and_navigation(qtbot, cat):
     # the help overlay: F1 shows it; a key while it is shown only closes it (nothing is saved)
     key(qtbot, w, Qt.Key_F1)
     assert w.help.isVisible()
-    text = w.help.findChild(QtWidgets.QLabel).text()
-    for words in ("accept", "unusable", "undo", "head-top", "zoom"):
-        assert words in text
+    # every action's row shows its keys, as the person types them
+    rows = help_rows(w)
+    expected = {
+        "accept the values on screen (saved at once) and go to the next model": "Enter",
+        "mark this model unusable with the toolbar's reason, and go to the next": "U",
+        "undo the last decision of this session (again for earlier ones)": "Ctrl+Z",
+        "next model (edits not accepted are dropped)": "N",
+        "previous model": "P",
+        "show or hide this help": "F1 / ?",
+        "select the head-top line": "T",
+        "select the chin line (head bottom)": "B",
+        "switch between the two lines": "Tab",
+        "move the selected line up (half a tha1 pixel)": "↑",
+        "move the selected line down": "↓",
+        "move it up 8× as far": "Shift+↑",
+        "move it down 8× as far": "Shift+↓",
+        "put both lines at the suggestion": "S",
+        "reset to the stored values (drop edits)": "R",
+        "zoom in": "+ / =",
+        "zoom out": "-",
+        "fit the front and side views": "F",
+        "move it (the cursor changes over a line)": "drag a line",
+        "pan the view": "drag elsewhere",
+        "zoom at the cursor": "wheel",
+        "in the list on the left: show it": "click a model",
+        "the same actions as the keys": "toolbar buttons",
+    }
+    assert rows == expected
     qtbot.keyClick(w.help, Qt.Key_Return)
     assert not w.help.isVisible() and cat.annotations(ex)[TOP].origin == "auto"
     key(qtbot, w, Qt.Key_Question, Qt.ShiftModifier)
@@ -286,10 +383,14 @@ def test_heads_unusable_key_help_overlay_and_navigation(qtbot, cat):
     assert (rec.status, rec.reason) == ("unusable", "face hidden by a mask")
     assert w.current.id == gene
     assert w.list_model.row_of(ex).status == "unusable"
+    assert re.fullmatch(r"done 1 / 2 \(0 reviewed, 1 unusable; 1 to review\) · "
+                        r"this session: 1 in \d+:\d\d, \d+\.\d models/min", progress(w)), progress(w)
     # undo restores the status
     key(qtbot, w, Qt.Key_Z, Qt.ControlModifier)
     assert (cat.get(ex).status, cat.get(ex).reason) == ("ok", "")
     assert w.current.id == ex
+    assert re.fullmatch(r"done 0 / 2 \(0 reviewed, 0 unusable; 2 to review\) · "
+                        r"this session: 0 in \d+:\d\d, 0\.0 models/min", progress(w)), progress(w)
     w.close()
 
 
@@ -339,6 +440,19 @@ def test_eyes_digits_clear_accept_and_undo(qtbot, cat):
     # the candidates: the eye panel and name matches
     for name in ("まばたき", "ウィンク", "ウィンク右", "ウィンク２", "ｳｨﾝｸ２右", "笑い", "まば左", "eyeBlinkLeft", "あ"):
         assert name in names
+    # each pre-filled slot (stored suggestion, not reviewed) names its source and the suggestion's
+    # confidence for this model (worked out here again, independently of the tool's worker)
+    from mmdsynth.annotate.suggest import suggest_morphs
+    from mmdsynth.mmd.loader import load_model
+
+    sugg = suggest_morphs(load_model(cat.model_path(gene)))
+    assert w.info.morphs.confidence == sugg.confidence
+    assert {slot: sugg.assignment.get(slot) for slot in EXPRESSION_SLOTS} == w.assigned
+    for slot in EXPRESSION_SLOTS:
+        conf = sugg.confidence[slot]
+        assert 0.5 < conf <= 1.0 and w.sources[slot] == "auto"
+        line = plain(w.slot_rows[slot].text.text()).splitlines()[-1]
+        assert line == f"suggested, {conf:.0%} sure", (slot, line)
     # the neutral face and the faces in the slots are on screen
     assert -1 in w.tiles.pixmaps
     assert w.info.morph_index("ウィンク２") in w.tiles.pixmaps
@@ -346,6 +460,9 @@ def test_eyes_digits_clear_accept_and_undo(qtbot, cat):
     assert w.select_morph("まば左")
     key(qtbot, w, Qt.Key_1)
     assert w.assigned["wink_left"] == "まば左" and w.sources["wink_left"] == "edited"
+    # an edited slot shows no confidence, but what the suggestion was
+    line = plain(w.slot_rows["wink_left"].text.text()).splitlines()[-1]
+    assert line == f"edited (suggested: {sugg.assignment.get('wink_left')})"
     # the neutral face + 4: the smile-wink-left slot is emptied
     assert w.select_morph(-1)
     key(qtbot, w, Qt.Key_4)
@@ -383,6 +500,11 @@ def test_eyes_digits_clear_accept_and_undo(qtbot, cat):
     assert all(saved[slot].origin == "human" for slot in EXPRESSION_SLOTS)
     assert cat.assignment(gene).smile_wink_left is None  # stored as "explicitly none"
     assert saved["smile_wink_left"].value is None and saved["smile_wink_left"].origin == "human"
+    # reviewed slots show no confidence
+    assert all("sure" not in plain(row.text.text()) for row in w.slot_rows.values())
+    assert plain(w.slot_rows["wink_both"].text.text()).splitlines()[-1] == "✓ reviewed"  # as suggested
+    mouth_line = plain(w.slot_rows["mouth"].text.text()).splitlines()[-1]
+    assert mouth_line == f"✓ reviewed (suggested: {sugg.assignment.get('mouth')})"  # ああ, not the suggested あ
     key(qtbot, w, Qt.Key_Z, Qt.ControlModifier)
     assert {slot: cat.annotations(gene)[slot] for slot in EXPRESSION_SLOTS} == {s: stored[s] for s in EXPRESSION_SLOTS}
     assert w.current.id == gene and w.assigned["wink_left"] == stored["wink_left"].value
