@@ -41,6 +41,14 @@ from .model import (
 
 PMX_MAGIC = b"PMX "
 _ENCODINGS = {0: "utf-16-le", 1: "utf-8"}
+# Index kinds of the deferred range checks -> (singular, plural) for messages.
+_KIND_WORDS = {
+    "vertex": ("vertex", "vertices"),
+    "bone": ("bone", "bones"),
+    "morph": ("morph", "morphs"),
+    "material": ("material", "materials"),
+    "rigid_body": ("rigid body", "rigid bodies"),
+}
 
 _MATERIAL_COLOURS = struct.Struct("<4f3ff3fB4ff")  # diffuse, specular, power, ambient, flags, edge colour, edge size
 _RIGID_BODY = struct.Struct("<BHB3f3f3f5fB")
@@ -103,7 +111,8 @@ class _PMXParser:
                     self.r.path,
                     offset,
                     name,
-                    f"{kind} index {np.asarray(value).tolist()} out of range (model has {limit} {kind}s)",
+                    f"{_KIND_WORDS[kind][0]} index {np.asarray(value).tolist()} out of range"
+                    f" (model has {limit} {_KIND_WORDS[kind][limit != 1]})",
                 )
 
     # -- sections --------------------------------------------------------

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from modelkit import full_model, quad_model
 
-from mmdsynth.mmd import MMDFormatError, Model, MorphKind
+from mmdsynth.mmd import BoneFlag, MMDFormatError, Model, MorphKind
 from mmdsynth.mmd.compare import model_differences
 from mmdsynth.mmd.loader import load_model, parse_model
 from mmdsynth.mmd.pmx import _PMXParser, read_pmx
@@ -43,52 +43,75 @@ def test_gene_counts_and_header(gene, gene_oracle):
     assert gene.warnings == []
 
 
-def test_gene_vertices_match_pymeshio(gene, gene_oracle):
-    vs = gene_oracle.vertices
-    np.testing.assert_allclose(gene.positions, np.array([_vec(v.position) for v in vs]), atol=1e-6, rtol=0)
-    np.testing.assert_allclose(gene.normals, np.array([_vec(v.normal) for v in vs]), atol=1e-6, rtol=0)
-    np.testing.assert_allclose(gene.uvs, np.array([[v.uv.x, v.uv.y] for v in vs]), atol=1e-6, rtol=0)
-    np.testing.assert_array_equal(gene.faces.reshape(-1), np.array(gene_oracle.indices))
-    np.testing.assert_allclose(gene.edge_scales, [v.edge_factor for v in vs], atol=1e-6)
+def _assert_vertices_match(ours: Model, theirs, every: int = 1) -> None:
+    """Positions, normals, UVs (1e-6), faces (exact), edge scales and the
+    skinning of every ``every``-th vertex against pymeshio's model."""
+    vs = theirs.vertices
+    assert ours.vertex_count == len(vs) and ours.faces.size == len(theirs.indices)
+    np.testing.assert_allclose(ours.positions, np.array([_vec(v.position) for v in vs]).reshape(-1, 3), atol=1e-6, rtol=0)
+    np.testing.assert_allclose(ours.normals, np.array([_vec(v.normal) for v in vs]).reshape(-1, 3), atol=1e-6, rtol=0)
+    np.testing.assert_allclose(ours.uvs, np.array([[v.uv.x, v.uv.y] for v in vs]).reshape(-1, 2), atol=1e-6, rtol=0)
+    np.testing.assert_array_equal(ours.faces.reshape(-1), np.array(theirs.indices, np.int64))
+    np.testing.assert_allclose(ours.edge_scales, np.array([v.edge_factor for v in vs], np.float64), atol=1e-6)
     # Skinning: pymeshio's Bdef1/Bdef2/Bdef4 objects against our (N,4) arrays.
-    for i in range(0, len(vs), 97):
+    for i in range(0, len(vs), every):
         d = vs[i].deform
         kind = type(d).__name__
         if kind == "Bdef1":
-            assert gene.deform_types[i] == 0 and gene.bone_indices[i, 0] == d.index0
+            assert ours.deform_types[i] == 0 and ours.bone_indices[i, 0] == d.index0
         elif kind == "Bdef2":
-            assert gene.deform_types[i] == 1
-            assert list(gene.bone_indices[i, :2]) == [d.index0, d.index1]
-            assert gene.bone_weights[i, 0] == pytest.approx(d.weight0, abs=1e-6)
-            assert gene.bone_weights[i, 0] + gene.bone_weights[i, 1] == pytest.approx(1.0, abs=1e-6)
+            assert ours.deform_types[i] == 1
+            assert list(ours.bone_indices[i, :2]) == [d.index0, d.index1]
+            assert ours.bone_weights[i, 0] == pytest.approx(d.weight0, abs=1e-6)
+            assert ours.bone_weights[i, 0] + ours.bone_weights[i, 1] == pytest.approx(1.0, abs=1e-6)
         else:
-            assert kind == "Bdef4" and gene.deform_types[i] == 2
-            assert list(gene.bone_indices[i]) == [d.index0, d.index1, d.index2, d.index3]
-            np.testing.assert_allclose(gene.bone_weights[i], [d.weight0, d.weight1, d.weight2, d.weight3], atol=1e-6)
+            assert kind == "Bdef4" and ours.deform_types[i] == 2
+            assert list(ours.bone_indices[i]) == [d.index0, d.index1, d.index2, d.index3]
+            np.testing.assert_allclose(ours.bone_weights[i], [d.weight0, d.weight1, d.weight2, d.weight3], atol=1e-6)
+
+
+def _assert_bones_match(ours: Model, theirs) -> None:
+    """Names, parents, flags, layers, positions (1e-6), tails, append parents and IK."""
+    for b, t in zip(ours.bones, theirs.bones, strict=True):
+        assert b.name == t.name and b.name_en == t.english_name, b.name
+        assert b.parent == t.parent_index and b.flags == t.flag and b.layer == t.layer, b.name
+        np.testing.assert_allclose(b.position, _vec(t.position), atol=1e-6, err_msg=b.name)
+        if b.flags & BoneFlag.TAIL_IS_BONE:
+            assert b.tail_bone == t.tail_index, b.name
+        else:
+            np.testing.assert_allclose(b.tail_offset, _vec(t.tail_position), atol=1e-6, err_msg=b.name)
+        if b.flags & (BoneFlag.APPEND_ROTATION | BoneFlag.APPEND_TRANSLATION):
+            assert b.append_parent == t.effect_index and b.append_ratio == pytest.approx(t.effect_factor, abs=1e-6), b.name
+        assert (b.ik is None) == (t.ik is None), b.name
+        if b.ik is not None:
+            assert b.ik.target == t.ik.target_index, b.name
+            assert [link.bone for link in b.ik.links] == [link.bone_index for link in t.ik.link], b.name
+
+
+def _assert_morphs_match(ours: Model, theirs) -> None:
+    """Names, types and panels; vertex morph targets and offsets (1e-6)."""
+    assert [(m.name, int(m.kind), m.panel) for m in ours.morphs] == [(m.name, m.morph_type, m.panel) for m in theirs.morphs]
+    for m, t in zip(ours.morphs, theirs.morphs, strict=True):
+        if m.kind == MorphKind.VERTEX:  # pymeshio drops material morph offsets
+            assert len(m) == len(t.offsets), m.name
+            np.testing.assert_array_equal(m.indices, [o.vertex_index for o in t.offsets])
+            np.testing.assert_allclose(m.offsets, np.array([_vec(o.position_offset) for o in t.offsets]).reshape(-1, 3), atol=1e-6)
+
+
+def test_gene_vertices_match_pymeshio(gene, gene_oracle):
+    _assert_vertices_match(gene, gene_oracle, every=97)
     counts = np.bincount(gene.deform_types, minlength=5)
     assert list(counts[:3]) == [13552, 10178, 4916]
 
 
 def test_gene_bones_match_pymeshio(gene, gene_oracle):
-    for ours, theirs in zip(gene.bones, gene_oracle.bones, strict=True):
-        assert ours.name == theirs.name and ours.name_en == theirs.english_name
-        assert ours.parent == theirs.parent_index
-        assert ours.flags == theirs.flag and ours.layer == theirs.layer
-        np.testing.assert_allclose(ours.position, _vec(theirs.position), atol=1e-6)
-        if ours.ik is not None:
-            assert ours.ik.target == theirs.ik.target_index
-            assert [link.bone for link in ours.ik.links] == [link.bone_index for link in theirs.ik.link]
-    assert [b.name for b in gene.bones][:4] == [b.name for b in gene_oracle.bones][:4]
+    _assert_bones_match(gene, gene_oracle)
     assert sum(b.ik is not None for b in gene.bones) >= 4  # legs and toes
 
 
 def test_gene_morphs_match_pymeshio(gene, gene_oracle):
-    for ours, theirs in zip(gene.morphs, gene_oracle.morphs, strict=True):
-        assert ours.name == theirs.name and ours.kind == theirs.morph_type and ours.panel == theirs.panel
-        if ours.kind == MorphKind.VERTEX:  # pymeshio drops material morph offsets
-            assert len(ours) == len(theirs.offsets)
-            np.testing.assert_array_equal(ours.indices, [o.vertex_index for o in theirs.offsets])
-            np.testing.assert_allclose(ours.offsets, [_vec(o.position_offset) for o in theirs.offsets], atol=1e-6)
+    _assert_morphs_match(gene, gene_oracle)
+    assert sum(m.kind == MorphKind.VERTEX for m in gene.morphs) > 100
     names = {m.name for m in gene.morphs}
     assert {"eyeBlinkLeft", "eyeBlinkRight", "まばたき", "あ"} <= names
 
@@ -109,14 +132,25 @@ def test_gene_materials_and_physics_match_pymeshio(gene, gene_oracle):
 
 
 def test_babylon_models_match_pymeshio(babylon_models):
+    """Every babylon-mmd sample against pymeshio: counts, vertices, faces,
+    bones and morphs (the same checks as Gene's). None of the nine stored
+    samples has a morph (uv_morph_test.pmx included; both readers agree), so
+    for them the morph check amounts to both lists being empty."""
     assert len(babylon_models) == 9
+    vertices = 0
     for path in babylon_models:
         ours, theirs = load_model(path), pymeshio_pmx.read_from_file(str(path))
-        assert ours.vertex_count == len(theirs.vertices)
-        assert [b.name for b in ours.bones] == [b.name for b in theirs.bones]
-        assert [b.flags for b in ours.bones] == [b.flag for b in theirs.bones]
-        assert [b.parent for b in ours.bones] == [b.parent_index for b in theirs.bones]
-        assert ours.warnings == []
+        assert ours.name == theirs.name, path.name
+        assert (ours.vertex_count, ours.face_count) == (len(theirs.vertices), len(theirs.indices) // 3), path.name
+        assert (len(ours.bones), len(ours.morphs), len(ours.materials)) == (len(theirs.bones), len(theirs.morphs), len(theirs.materials))
+        assert (len(ours.rigid_bodies), len(ours.joints)) == (len(theirs.rigidbodies), len(theirs.joints)), path.name
+        assert ours.textures == list(theirs.textures), path.name
+        _assert_vertices_match(ours, theirs)
+        _assert_bones_match(ours, theirs)
+        _assert_morphs_match(ours, theirs)
+        assert ours.warnings == [], path.name
+        vertices += ours.vertex_count
+    assert vertices == 4 * 48 + 2452 + 24  # constraint_test*, matcap_sample, uv_morph_test
 
 
 def test_round_trip_is_byte_exact_on_real_files(gene_pmx, babylon_models, tmp_path):
@@ -257,24 +291,57 @@ def test_unused_minus_one_bone_with_zero_weight_is_fine():
 
 
 @pytest.mark.parametrize(
-    "kind, field",
-    [("vertex", "morphs[0].offsets[1].index"), ("group", "morphs[1].offsets[0].index"), ("material", "morphs[1].offsets[0].index")],
+    "kind, field, reason",
+    [
+        ("vertex", "morphs[0].offsets[1].index", "vertex index 4 out of range (model has 4 vertices)"),
+        ("group", "morphs[1].offsets[0].index", "morph index 3 out of range (model has 2 morphs)"),
+        ("material", "morphs[1].offsets[0].index", "material index 3 out of range (model has 1 material)"),
+        ("bone", "morphs[1].offsets[0].index", "bone index 5 out of range (model has 2 bones)"),
+        ("uv", "morphs[1].offsets[1].index", "vertex index 4 out of range (model has 4 vertices)"),
+        ("uv1", "morphs[1].offsets[0].index", "vertex index 7 out of range (model has 4 vertices)"),
+    ],
 )
-def test_morph_targets_out_of_range(kind, field):
+def test_morph_targets_out_of_range(kind, field, reason):
     model = quad_model()
+    full = full_model()
     if kind == "vertex":
         model.morphs[0].indices = np.array([2, 4], np.int32)
     elif kind == "group":
         from mmdsynth.mmd import Morph
 
         model.morphs.append(Morph(name="g", kind=MorphKind.GROUP, indices=np.array([3], np.int32), weights=np.ones(1, np.float32)))
-    else:
-        full = full_model()
+    elif kind == "material":
         model.morphs.append(full.morphs[5])
         model.morphs[1].indices = np.array([3], np.int32)
+    elif kind == "bone":
+        model.morphs.append(full.morphs[2])
+        assert model.morphs[1].kind == MorphKind.BONE
+        model.morphs[1].indices = np.array([5], np.int32)
+    elif kind == "uv":
+        model.morphs.append(full.morphs[3])
+        assert model.morphs[1].kind == MorphKind.UV
+        model.morphs[1].indices = np.array([0, 4], np.int32)  # the second target, one past the last vertex
+    else:  # additional-UV morph (needs a model with additional UVs)
+        model = full_model()
+        model.morphs = [model.morphs[0], model.morphs[4]]
+        assert model.morphs[1].kind == MorphKind.UV1
+        model.morphs[1].indices = np.array([7], np.int32)
     data = pmx_bytes(model)
     err = _raises(data, field)
-    assert "out of range" in err.reason
+    assert err.reason == reason
+    # The error's offset points at the bad index in the file. Header index-size
+    # bytes: 11 vertex (unsigned below 4 bytes), 13 material, 14 bone, 15 morph.
+    size_at = {"group": 15, "material": 13, "bone": 14}.get(kind, 11)
+    size = data[size_at]
+    value = int(reason.split(" index ")[1].split()[0])
+    assert int.from_bytes(data[err.offset : err.offset + size], "little", signed=size_at != 11) == value
+
+
+def test_rigid_body_index_out_of_range_says_rigid_bodies():
+    model = full_model()
+    model.joints[0].rigid_b = 5
+    err = _raises(pmx_bytes(model), "joints[0].rigid_b")
+    assert err.reason == "rigid body index 5 out of range (model has 2 rigid bodies)"
 
 
 def test_material_face_counts_must_sum_to_face_count():

@@ -45,6 +45,16 @@ GENE_TOP = 19.95762
 GENE_CHIN = 16.657291
 GENE_MORPHS = MorphAssignment(wink_left="ウィンク２", wink_right="ｳｨﾝｸ２右", wink_both="まばたき", mouth="あ")
 EXAMPLE_MORPHS = MorphAssignment(wink_left="ウィンク", wink_right="ウィンク右", wink_both="まばたき", mouth="あ")
+# Every eye slot of the example character (mmd/example.py): slot -> (morph, side closed),
+# side +1 the character's left (+X, the image's right), -1 the right, 0 both.
+EXAMPLE_EYE_SLOTS = {
+    "wink_left": ("ウィンク", 1),
+    "wink_right": ("ウィンク右", -1),
+    "wink_both": ("まばたき", 0),
+    "smile_wink_left": ("ウィンク２", 1),
+    "smile_wink_right": ("ウィンク２右", -1),
+    "smile_wink_both": ("笑い", 0),
+}
 
 
 # ---------------------------------------------------------------------------
@@ -284,6 +294,44 @@ def test_eye_morph_changes_only_that_eye(character, side):
         assert xs.min() >= 128, f"{name}: left eye changed column {xs.min()}"
     else:
         assert xs.max() < 128, f"{name}: right eye changed column {xs.max()}"
+
+
+@pytest.mark.parametrize("slot", list(EXAMPLE_EYE_SLOTS))
+def test_every_example_eye_slot_changes_only_its_eyes(example, slot):
+    """Each of the example's six eye morphs at weight 1 changes pixels only in
+    the eye(s) it closes: one-eye morphs only that eye's box (the character's
+    left = the image's right), both-eye morphs both boxes and nothing between;
+    a both-eye picture is exactly the two one-eye pictures put side by side.
+    (Measured: about 520 changed pixels per eye.)"""
+    model, renderer, framing = example
+    name, side = EXAMPLE_EYE_SLOTS[slot]
+    family = "smile_wink" if slot.startswith("smile") else "wink"
+    one_eye = {1: EXAMPLE_EYE_SLOTS[f"{family}_left"][0], -1: EXAMPLE_EYE_SLOTS[f"{family}_right"][0]}
+    rest = renderer.render_pose(None, framing)
+
+    def closed(morph):
+        return renderer.render_pose(Pose(morphs={morph: 1.0}), framing)
+
+    img = closed(name)
+    diff = changed(img, rest)
+    ys, xs = np.nonzero(diff)
+    # Eye boxes: every triangle the one-eye morph of that side touches, before and after.
+    boxes = {s: morph_region(model, framing, one_eye[s]) for s in (1, -1)}
+    assert boxes[1][0] > 128 > boxes[-1][2]  # the two boxes are apart, the left eye on the image's right
+    inside = {s: (xs >= x0) & (xs <= x1) & (ys >= y0) & (ys <= y1) for s, (x0, y0, x1, y1) in boxes.items()}
+    assert (inside[1] | inside[-1]).all(), f"{name}: {int((~(inside[1] | inside[-1])).sum())} changed pixels outside both eyes"
+    for s in (1, -1):
+        n = int(inside[s].sum())
+        if side in (0, s):
+            assert n > 200, f"{name}: only {n} pixels changed in the {'left' if s > 0 else 'right'} eye"
+        else:
+            assert n == 0, f"{name}: changed {n} pixels of the {'left' if s > 0 else 'right'} eye"
+    if side == 0:
+        assert np.array_equal(img[:, 128:], closed(one_eye[1])[:, 128:])
+        assert np.array_equal(img[:, :128], closed(one_eye[-1])[:, :128])
+    if family == "smile_wink":  # the smiling arcs are not the plain closed lids
+        plain = EXAMPLE_EYE_SLOTS["wink" + slot[len("smile_wink"):]][0]
+        assert changed(img, closed(plain)).sum() > 20
 
 
 def test_mouth_morph_changes_only_the_mouth(character):
@@ -559,6 +607,44 @@ def test_sphere_maps_are_optional(testdata, tmp_path):
     assert (left[:, 2] > 200).all() and (left[:, 0] < 10).all()
     grey = plain[128, 81:175].astype(int)
     assert (np.abs(grey[:, 0] - grey[:, 2]) <= 1).all()  # off by default: untouched white material
+
+
+def test_sphere_map_add_mode_adds_and_subtexture_mode_is_off(tmp_path):
+    """Mode 2 (.spa) adds the sphere colour to tex.rgb before lighting
+    (rgb = (tex + s) * D * (A + C * N.L)); mode 1 (.sph) multiplies; mode 3
+    (sub-texture) is treated as off. A flat, untextured quad (tex = white)
+    facing the viewer and a one-colour sphere texture, so the sample is exact."""
+    from mmdsynth.mmd.model import SphereMode
+
+    s = np.array([51, 102, 153]) / 255  # (0.2, 0.4, 0.6), exact in 8 bits
+    sph = np.zeros((8, 8, 4), np.uint8)
+    sph[...] = (51, 102, 153, 255)
+    Image.fromarray(sph).save(tmp_path / "s.png")
+    diffuse = np.array([0.4, 0.3, 0.2])
+    light = Lighting(ambient=0.5, directional=0.0)
+
+    def quad_a(mode, sphere_maps=True):
+        m = quads_model(diffuse=tuple(diffuse))
+        m.path, m.textures = tmp_path / "q.pmx", ["s.png"]
+        for mat in m.materials:
+            mat.sphere_index, mat.sphere_mode = (0, mode) if mode != SphereMode.OFF else (-1, mode)
+        with ModelRenderer(m, QUAD_PRESET, sphere_maps=sphere_maps) as r:
+            img = r.render(rest_mesh(m), QUAD_FRAMING, light)
+        a = quad_pixels(img, "A")
+        assert (a[..., 3] == 255).all()
+        return a[..., :3].astype(float)
+
+    plain = quad_a(SphereMode.OFF)
+    np.testing.assert_allclose(plain, np.broadcast_to(diffuse * 0.5 * 255, plain.shape), atol=1.0)  # (0.2, 0.15, 0.1)
+    added = quad_a(SphereMode.ADD)
+    np.testing.assert_allclose(added, np.broadcast_to((1 + s) * diffuse * 0.5 * 255, added.shape), atol=1.0)  # (0.24, 0.21, 0.16)
+    assert (added > plain + 8).all()  # brighter in every channel: added, not multiplied
+    # (Added after lighting it would be D * 0.5 + s = (0.4, 0.55, 0.7): far off.)
+    multiplied = quad_a(SphereMode.MULTIPLY)
+    np.testing.assert_allclose(multiplied, np.broadcast_to(s * diffuse * 0.5 * 255, multiplied.shape), atol=1.0)
+    # Mode 3 and the maps switched off give exactly the plain material.
+    assert np.array_equal(quad_a(SphereMode.SUBTEXTURE), plain)
+    assert np.array_equal(quad_a(SphereMode.ADD, sphere_maps=False), plain)
 
 
 # ---------------------------------------------------------------------------
