@@ -212,16 +212,26 @@ def test_killed_run_resumes_to_the_same_arrays(reference, library, tmp_path):
     assert not list(split.glob(".shard-*.tmp"))
 
 
-def test_broken_model_is_recorded_and_the_run_goes_on(library, tmp_path):
+def library_with_twins(tmp_path: Path, *names: str) -> tuple[Path, dict[str, str]]:
+    """A library of the example character plus copies of it named ``names``
+    (other bytes, so other catalog entries); returns (library, model id by name)."""
     lib = tmp_path / "library"
     src = write_example(tmp_path / "src" / "example")
-    twin = build_example_model()
-    twin.name = "twin"
-    twin_path = src.parent / "twin.pmx"
-    save_pmx(twin, twin_path)
-    assert main(["add", str(lib), str(src), str(twin_path), "--group", "g"]) == 0
+    files = [src]
+    for name in names:
+        twin = build_example_model()
+        twin.name = name
+        files.append(src.parent / f"{name}.pmx")
+        save_pmx(twin, files[-1])
+    assert main(["add", str(lib), *map(str, files), "--group", "g"]) == 0
     with Catalog.open(lib) as cat:
-        twin_id = next(r.id for r in cat.models() if r.name == "twin")
+        return lib, {r.name: r.id for r in cat.models()}
+
+
+def test_broken_model_is_recorded_and_the_run_goes_on(library, tmp_path):
+    lib, ids = library_with_twins(tmp_path, "twin")
+    twin_id = ids["twin"]
+    with Catalog.open(lib) as cat:
         broken = cat.model_path(twin_id)
     broken.write_bytes(broken.read_bytes()[:5000])  # the file breaks after it was catalogued
     spec = make_spec(tmp_path, lib, train=8)
@@ -250,16 +260,7 @@ def short_limit(unit):
 
 
 def test_a_crashing_or_hanging_worker_fails_only_its_model(tmp_path):
-    lib = tmp_path / "library"
-    src = write_example(tmp_path / "src" / "example")
-    for name in ("crash", "hang"):
-        twin = build_example_model()
-        twin.name = name
-        twin.positions[0, 0] += 0.001 * len(name)  # other bytes: another catalog entry
-        save_pmx(twin, src.parent / f"{name}.pmx")
-    assert main(["add", str(lib), str(src), str(src.parent / "crash.pmx"), str(src.parent / "hang.pmx")]) == 0
-    with Catalog.open(lib) as cat:
-        ids = {r.name: r.id for r in cat.models()}
+    lib, ids = library_with_twins(tmp_path, "crash", "hang")
     spec = make_spec(tmp_path, lib, train=6, shard_size=3)
     report = run_job(spec, workers=2, progress=False, render_fn=crash_or_hang, time_limit=short_limit)
     assert set(report.failed) == {ids["crash"], ids["hang"]}
@@ -272,14 +273,9 @@ def test_a_crashing_or_hanging_worker_fails_only_its_model(tmp_path):
 
 
 def test_models_that_are_not_ok_are_named_not_silently_dropped(tmp_path):
-    lib = tmp_path / "library"
-    src = write_example(tmp_path / "src" / "example")
-    twin = build_example_model()
-    twin.name = "twin"
-    save_pmx(twin, src.parent / "twin.pmx")
-    assert main(["add", str(lib), str(src), str(src.parent / "twin.pmx")]) == 0
+    lib, ids = library_with_twins(tmp_path, "twin")
+    twin_id = ids["twin"]
     with Catalog.open(lib) as cat:
-        twin_id = next(r.id for r in cat.models() if r.name == "twin")
         cat.set_status(twin_id, "duplicate", "same geometry as the example")
     lines = []
     spec = make_spec(tmp_path, lib, train=4)
@@ -301,12 +297,7 @@ def write_spec_file(tmp_path: Path, library: Path, selection: str) -> Path:
 def test_report_counts_only_examples_written(tmp_path):
     """A model that fails after another model of its shard was rendered: the
     dropped shard attempt's images are not counted as output."""
-    lib = tmp_path / "library"
-    src = write_example(tmp_path / "src" / "example")
-    twin = build_example_model()
-    twin.name = "twin"
-    save_pmx(twin, src.parent / "twin.pmx")
-    assert main(["add", str(lib), str(src), str(src.parent / "twin.pmx")]) == 0
+    lib, _ = library_with_twins(tmp_path, "twin")
     spec = make_spec(tmp_path, lib, train=8)
     with Catalog.open(lib) as cat:
         second = plan_all(spec, catalog_records(cat))["train"].shards[0].models[1]  # rendered after models[0]
